@@ -1,0 +1,1 @@
+"""Ray actors hosting the parts, and the driver that wires a whole run."""

@@ -1,0 +1,1 @@
+"""C3PO batching, losses, optimiser step, checkpoints and weight publication."""

@@ -1,0 +1,1 @@
+"""The contracts between ringrl's parts: group schema, codec, streams, config, metrics."""

@@ -1,0 +1,218 @@
+"""Groups over Redis Streams: producer with backpressure, consumers with reclaim and dead letters.
+
+Each stream has exactly one consumer group. A consumer removes an entry (XACK + XDEL) once its
+output is durably written downstream, so the stream length *is* the backlog: unread entries
+plus entries read but not yet acknowledged. That makes the length bound meaningful without
+ever trimming data nobody has read.
+
+Exactly-once hand-off between two streams on the same server is `forward`: one Lua script that,
+for each entry still owned by this consumer, writes the output and acknowledges the input. A
+consumer that died (or stalled past `claim_idle_ms`) loses ownership to whoever reclaims the
+entry, so its late writes are refused rather than duplicated.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import redis
+
+from protocol.codec import DecodeError, decode_group, encode_group
+from protocol.schema import Group
+from protocol.streams import dead_letter
+
+FIELD = b"d"
+"""The one field of every entry: the encoded group."""
+
+_FORWARD = """
+local n = 0
+for i = 3, #ARGV, 2 do
+  local id = ARGV[i]
+  local p = redis.call('XPENDING', KEYS[1], ARGV[1], id, id, 1, ARGV[2])
+  if #p == 1 then
+    if KEYS[2] ~= '' then redis.call('XADD', KEYS[2], '*', 'd', ARGV[i + 1]) end
+    redis.call('XACK', KEYS[1], ARGV[1], id)
+    redis.call('XDEL', KEYS[1], id)
+    n = n + 1
+  end
+end
+return n
+"""
+
+
+class QueueFull(TimeoutError):
+    """The backlog stayed above its bound for the whole wait."""
+
+
+def connect(url: str) -> redis.Redis:
+    """A client for the queue: binary-safe (payloads are bytes), with a health check."""
+    return redis.Redis.from_url(url, decode_responses=False, health_check_interval=30)
+
+
+class Backpressure:
+    """Waits while the summed length of some streams is at or above `max_backlog`."""
+
+    def __init__(self, client: redis.Redis, streams: Sequence[str], max_backlog: int,
+                 poll_s: float = 0.05) -> None:
+        if max_backlog <= 0:
+            raise ValueError("max_backlog must be positive")
+        self.client, self.streams, self.max_backlog, self.poll_s = client, list(streams), max_backlog, poll_s
+
+    def backlog(self) -> int:
+        pipe = self.client.pipeline(transaction=False)
+        for s in self.streams:
+            pipe.xlen(s)
+        return int(sum(pipe.execute()))
+
+    def wait(self, needed: int = 1, timeout: float | None = None,
+             stop: Callable[[], bool] | None = None) -> float:
+        """Block until `needed` more entries fit; return the seconds spent waiting."""
+        start = time.monotonic()
+        while self.backlog() + needed > self.max_backlog:
+            if stop is not None and stop():
+                break
+            if timeout is not None and time.monotonic() - start >= timeout:
+                raise QueueFull(f"backlog of {self.streams} above {self.max_backlog} for {timeout:.1f}s")
+            time.sleep(self.poll_s)
+        return time.monotonic() - start
+
+
+class StreamProducer:
+    """Appends groups to a stream, waiting while its backlog is at `max_len`.
+
+    The bound holds up to one batch per concurrent producer (the check and the append are not
+    one atomic step, which would serialise producers for no real gain).
+    """
+
+    def __init__(self, client: redis.Redis, stream: str, max_len: int = 10_000) -> None:
+        self.client, self.stream = client, stream
+        self.backpressure = Backpressure(client, [stream], max_len)
+
+    def produce(self, groups: Sequence[Group], timeout: float | None = None) -> list[bytes]:
+        return self.produce_raw([encode_group(g) for g in groups], timeout=timeout)
+
+    def produce_raw(self, payloads: Sequence[bytes], timeout: float | None = None) -> list[bytes]:
+        if not payloads:
+            return []
+        self.backpressure.wait(needed=min(len(payloads), self.backpressure.max_backlog),
+                               timeout=timeout)
+        pipe = self.client.pipeline(transaction=False)
+        for p in payloads:
+            pipe.xadd(self.stream, {FIELD: p})
+        return pipe.execute()
+
+
+@dataclass
+class Entry:
+    id: bytes
+    group: Group
+    reclaimed: bool = False
+
+
+class StreamConsumer:
+    """One member of a stream's consumer group."""
+
+    def __init__(self, client: redis.Redis, stream: str, group: str, consumer: str,
+                 claim_idle_ms: int = 30_000, reclaim_every_s: float = 1.0) -> None:
+        self.client, self.stream, self.group, self.consumer = client, stream, group, consumer
+        self.claim_idle_ms, self.reclaim_every_s = claim_idle_ms, reclaim_every_s
+        self.dead_letter_stream = dead_letter(stream)
+        self._claim_cursor = b"0-0"
+        self._last_reclaim = 0.0
+        self._forward = client.register_script(_FORWARD)
+        self.dead_lettered = 0
+        self.reclaimed = 0
+        self.ensure_group()
+
+    def ensure_group(self) -> None:
+        try:
+            self.client.xgroup_create(self.stream, self.group, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    def read(self, count: int = 64, block_ms: int = 1000) -> list[Entry]:
+        """Up to `count` entries: first any reclaimed from dead consumers, then new ones."""
+        out: list[Entry] = []
+        now = time.monotonic()
+        if now - self._last_reclaim >= self.reclaim_every_s:
+            self._last_reclaim = now
+            out.extend(self._reclaim(count))
+        if len(out) < count:
+            resp = self.client.xreadgroup(self.group, self.consumer, {self.stream: ">"},
+                                          count=count - len(out), block=None if out else block_ms)
+            for _, rows in resp or []:
+                out.extend(self._decode(rows, reclaimed=False))
+        return out
+
+    def _reclaim(self, count: int) -> list[Entry]:
+        cursor, rows, deleted = self._xautoclaim(count)
+        self._claim_cursor = cursor
+        if deleted:  # pending entries whose data is gone: nothing to process, release them
+            self.client.xack(self.stream, self.group, *deleted)
+        entries = self._decode(rows, reclaimed=True)
+        self.reclaimed += len(entries)
+        return entries
+
+    def _xautoclaim(self, count: int) -> tuple[bytes, list, list]:
+        resp = self.client.execute_command("XAUTOCLAIM", self.stream, self.group, self.consumer,
+                                           self.claim_idle_ms, self._claim_cursor, "COUNT", count)
+        cursor, rows = resp[0], resp[1]
+        deleted = resp[2] if len(resp) > 2 else []
+        return cursor, [(eid, _pairs(f)) for eid, f in rows if f is not None], list(deleted)
+
+    def _decode(self, rows: list, reclaimed: bool) -> list[Entry]:
+        entries = []
+        for eid, fields in rows:
+            raw = fields.get(FIELD)
+            try:
+                if raw is None:
+                    raise DecodeError(f"entry has no {FIELD.decode()!r} field")
+                entries.append(Entry(eid, decode_group(raw), reclaimed))
+            except DecodeError as exc:
+                self._dead_letter(eid, raw or b"", str(exc))
+        return entries
+
+    def _dead_letter(self, eid: bytes, raw: bytes, reason: str) -> None:
+        pipe = self.client.pipeline(transaction=True)
+        pipe.xadd(self.dead_letter_stream, {b"reason": reason, b"source_id": eid, FIELD: raw})
+        pipe.xack(self.stream, self.group, eid)
+        pipe.xdel(self.stream, eid)
+        pipe.execute()
+        self.dead_lettered += 1
+
+    def forward(self, ids: Sequence[bytes], dest: str, payloads: Sequence[bytes]) -> int:
+        """Atomically write payloads[i] to `dest` and ack ids[i], for entries still ours.
+
+        Returns how many were forwarded; the others were reclaimed by another consumer.
+        """
+        if len(ids) != len(payloads):
+            raise ValueError("ids and payloads differ in length")
+        if not ids:
+            return 0
+        argv: list[bytes | str] = [self.group, self.consumer]
+        for eid, p in zip(ids, payloads):
+            argv += [eid, p]
+        return int(self._forward(keys=[self.stream, dest], args=argv))
+
+    def ack(self, ids: Sequence[bytes]) -> int:
+        """Acknowledge (and delete) entries still owned by this consumer; returns how many."""
+        if not ids:
+            return 0
+        argv: list[bytes | str] = [self.group, self.consumer]
+        for eid in ids:
+            argv += [eid, b""]
+        return int(self._forward(keys=[self.stream, ""], args=argv))
+
+    def pending(self) -> int:
+        """Entries read by some consumer of the group and not yet acknowledged."""
+        return int(self.client.xpending(self.stream, self.group)["pending"])
+
+
+def _pairs(fields: object) -> dict[bytes, bytes]:
+    if isinstance(fields, dict):
+        return fields
+    it = iter(fields)  # RESP2 returns a flat [k, v, k, v] list from raw commands
+    return dict(zip(it, it))

@@ -1,0 +1,1 @@
+"""Generation engines (vLLM), the rollout HTTP server, streaming groups into Redis."""

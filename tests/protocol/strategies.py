@@ -1,0 +1,57 @@
+"""Hypothesis strategies for groups, shared by protocol tests and others."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import strategies as st
+
+from protocol.schema import (CodeReference, FinishReason, Group, IOTest, MathReference, Response,
+                             TaskKind, Verdict, VerdictStatus)
+
+text = st.text(max_size=40)
+tokens = st.lists(st.integers(-2**31, 2**31 - 1), max_size=64)
+floats32 = st.floats(width=32, allow_nan=False)
+
+
+@st.composite
+def responses(draw: st.DrawFn) -> Response:
+    toks = draw(tokens)
+    lps = draw(st.lists(floats32, min_size=len(toks), max_size=len(toks)))
+    scored = draw(st.booleans())
+    return Response(
+        token_ids=np.array(toks, dtype=np.int64), logprobs=lps, text=draw(text),
+        finish_reason=draw(st.sampled_from(FinishReason)),
+        policy_version=draw(st.integers(0, 2**40)),
+        reward=draw(st.floats(allow_nan=False)) if scored else None,
+        verdict=Verdict(status=draw(st.sampled_from(VerdictStatus)), detail=draw(text))
+        if scored else None)
+
+
+references = st.one_of(
+    st.builds(MathReference, answer=text),
+    st.builds(CodeReference,
+              io_tests=st.lists(st.builds(IOTest, stdin=text, stdout=text), max_size=3),
+              test_code=st.none() | text, entry_point=st.none() | text))
+
+
+@st.composite
+def groups(draw: st.DrawFn) -> Group:
+    return Group(
+        group_id=draw(st.text(min_size=1, max_size=32)), prompt_id=draw(text),
+        task=draw(st.sampled_from(TaskKind)), stage=draw(text), prompt_text=draw(text),
+        prompt_token_ids=draw(tokens), reference=draw(references),
+        responses=draw(st.lists(responses(), min_size=1, max_size=5)),
+        created_at=draw(st.floats(0, 2e9)), finished_at=draw(st.none() | st.floats(0, 2e9)),
+        scored_at=draw(st.none() | st.floats(0, 2e9)))
+
+
+def make_group(n: int = 4, length: int = 16, seed: int = 0, group_id: str | None = None) -> Group:
+    """A deterministic plain group for queue tests and benchmarks."""
+    rng = np.random.default_rng(seed)
+    kw = {"group_id": group_id} if group_id else {}
+    return Group(
+        prompt_id=f"p{seed}", task=TaskKind.math, stage="math", prompt_text="1+1=?",
+        prompt_token_ids=rng.integers(0, 50_000, 32), reference=MathReference(answer="2"),
+        responses=[Response(token_ids=rng.integers(0, 50_000, length),
+                            logprobs=-rng.random(length, dtype=np.float32), text="\\boxed{2}",
+                            policy_version=3) for _ in range(n)], **kw)
