@@ -1,7 +1,57 @@
 from __future__ import annotations
 
+from typing import Literal
+
+from pydantic import Field
+
 from protocol.config.base import Section
 
 
+class SandboxConfig(Section):
+    backend: Literal["bwrap", "rlimit"] = Field(
+        default="bwrap",
+        description="bwrap: namespaces (needs user namespaces); rlimit: setuid + rlimits + seccomp "
+                    "fallback for containers that forbid namespaces. See docs/reward.md.")
+    python: str = Field(
+        default="/usr/bin/python3",
+        description="Interpreter that runs programs; must be readable by an unprivileged uid.")
+    wall_s: float = Field(default=10.0, gt=0, description="Wall-clock limit per program run.")
+    cpu_s: int = Field(default=5, gt=0, description="CPU-time limit per run (RLIMIT_CPU).")
+    memory_mb: int = Field(default=512, gt=0, description="Address-space limit per process (RLIMIT_AS).")
+    nproc: int = Field(default=8, gt=0, description="Processes/threads per sandbox (RLIMIT_NPROC).")
+    file_size_mb: int = Field(default=8, gt=0, description="Largest file a program may write (RLIMIT_FSIZE).")
+    tmpfs_mb: int = Field(default=16, gt=0, description="Size of the private /tmp (bwrap backend).")
+    output_bytes: int = Field(
+        default=1 << 20, gt=0,
+        description="Output captured per stream; a program printing more is cut and killed.")
+    uid_base: int = Field(
+        default=61000, ge=1000,
+        description="Sandboxes run as uids uid_base + slot; each process owns a disjoint range.")
+
+
 class RewardConfig(Section):
-    """Settings of the reward side (filled in by its issue)."""
+    math_workers: int = Field(
+        default=1, gt=0, description="Math-Verify worker processes per scoring process.")
+    math_timeout_s: float = Field(
+        default=5.0, gt=0,
+        description="Wall clock per math item; a worker past it is killed and the item is `timeout`.")
+    answer_pattern: str | None = Field(
+        default=None,
+        description="Regex whose last match (group 1) is the math answer; empty: the last \\boxed{}.")
+    code_concurrency: int = Field(
+        default=2, gt=0, description="Sandboxed programs run at once per scoring process.")
+    code_whole_text: bool = Field(
+        default=False,
+        description="With no fenced ```python block, run the whole response instead of `no_answer`.")
+    sandbox: SandboxConfig = Field(default_factory=SandboxConfig, description="Program sandbox.")
+    host: str = Field(default="127.0.0.1", description="Bind address of the scoring HTTP server.")
+    port: int = Field(default=8100, ge=0, le=65535, description="Port of the scoring HTTP server.")
+    max_request_bytes: int = Field(
+        default=8 << 20, gt=0, description="Larger /v1/score bodies are refused with 413.")
+    max_batch: int = Field(default=1024, gt=0, description="Most items in one /v1/score request.")
+    workers: int = Field(
+        default=1, ge=0, description="Stream reward-worker processes started by `ringrl serve reward`.")
+    read_batch: int = Field(default=16, gt=0, description="Groups a stream worker reads at a time.")
+    metrics_port: int = Field(
+        default=0, ge=0, le=65535,
+        description="Port for /metrics of stream workers (0: none; worker i uses port + i).")
