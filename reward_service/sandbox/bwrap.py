@@ -1,0 +1,50 @@
+"""bubblewrap backend: user, pid, net, ipc, uts, cgroup and mount namespaces.
+
+bwrap is started as the slot's unprivileged host uid (not as root): as root, the sandbox's
+mapped uid would be host root, for which the kernel ignores RLIMIT_NPROC, so a fork bomb
+would not be contained.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from protocol.config.reward import SandboxConfig
+from reward_service.sandbox.harness import HARNESS
+
+SANDBOX_UID = 65534
+
+
+def available() -> str | None:
+    """None if this backend can run here, else why not."""
+    return None if shutil.which("bwrap") else "bwrap not found on PATH (apt-get install bubblewrap)"
+
+
+def _root_binds(python: str) -> list[str]:
+    args = ["--ro-bind", "/usr", "/usr"]
+    for top in ("/bin", "/lib", "/lib64", "/lib32", "/sbin"):
+        p = Path(top)
+        if p.is_symlink():
+            args += ["--symlink", os.readlink(p), top]
+        elif p.is_dir():
+            args += ["--ro-bind", top, top]
+    real = Path(python).resolve()
+    if not real.is_relative_to("/usr"):
+        # e.g. a pyenv build: bind its whole install (bin/, lib/) at its real path.
+        prefix = str(real.parent.parent)
+        args += ["--ro-bind", prefix, prefix]
+    return args
+
+
+def command(cfg: SandboxConfig, uid: int) -> tuple[list[str], dict[str, Any]]:
+    argv = ["bwrap", "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
+            "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID), "--hostname", "sandbox",
+            *_root_binds(cfg.python), "--dev", "/dev",
+            "--size", str(cfg.tmpfs_mb << 20), "--tmpfs", "/tmp", "--chdir", "/tmp",
+            "--clearenv", "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "HOME", "/tmp",
+            "--setenv", "LANG", "C.UTF-8",
+            cfg.python, "-I", "-S", "-c", HARNESS]
+    return argv, {"user": uid, "group": uid, "extra_groups": [], "env": {}, "cwd": "/"}

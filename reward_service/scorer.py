@@ -1,0 +1,96 @@
+"""One entry point for scoring: routes each item to the math pool or the code sandbox."""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry
+
+from protocol.config.reward import RewardConfig
+from protocol.schema import (CodeReference, MathReference, Reference, TaskKind, Verdict,
+                             VerdictStatus)
+from reward_service import extract
+from reward_service.code_verifier import check_program
+from reward_service.math_pool import MathPool
+from reward_service.metrics import RewardMetrics
+from reward_service.sandbox import Sandbox
+
+
+@dataclass(frozen=True)
+class Item:
+    task: TaskKind
+    response: str
+    reference: Reference
+
+
+def reward_of(verdict: Verdict) -> float:
+    return 1.0 if verdict.status is VerdictStatus.correct else 0.0
+
+
+class Scorer:
+    """Thread-safe; owns the math worker processes and the sandbox slots. Call close()."""
+
+    def __init__(self, cfg: RewardConfig, registry: CollectorRegistry | None = None,
+                 uid_offset: int = 0) -> None:
+        self.cfg = cfg
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.metrics = RewardMetrics(self.registry)
+        self.sandbox = Sandbox(cfg.sandbox, cfg.code_concurrency, uid_offset)
+        self.math = MathPool(cfg.math_workers, cfg.math_timeout_s)
+        self._pattern = re.compile(cfg.answer_pattern) if cfg.answer_pattern else None
+        self._math_exec = ThreadPoolExecutor(cfg.math_workers, thread_name_prefix="score-math")
+        self._code_exec = ThreadPoolExecutor(cfg.code_concurrency, thread_name_prefix="score-code")
+        self._kills_seen = [0, 0]
+        self._lock = threading.Lock()
+
+    def _one(self, item: Item) -> Verdict:
+        start = time.perf_counter()
+        verdict = self._verify(item)
+        self.metrics.latency.labels(item.task.value).observe(time.perf_counter() - start)
+        self.metrics.verifications.labels(item.task.value, verdict.status.value).inc()
+        return verdict
+
+    def _verify(self, item: Item) -> Verdict:
+        ref = item.reference
+        if item.task is TaskKind.math:
+            if not isinstance(ref, MathReference):
+                return Verdict(status=VerdictStatus.wrong, detail="math task without a math reference")
+            answer = extract.math_answer(item.response, self._pattern)
+            if answer is None:
+                return Verdict(status=VerdictStatus.no_answer, detail="no final answer found")
+            return self.math.check(answer, ref.answer)
+        if not isinstance(ref, CodeReference):
+            return Verdict(status=VerdictStatus.wrong, detail="code task without a code reference")
+        program = extract.program(item.response, self.cfg.code_whole_text)
+        if program is None:
+            return Verdict(status=VerdictStatus.no_answer, detail="no ```python block found")
+        return check_program(self.sandbox, program, ref)
+
+    def score(self, items: list[Item]) -> list[Verdict]:
+        futures: list[Future[Verdict]] = [
+            (self._math_exec if it.task is TaskKind.math else self._code_exec).submit(self._one, it)
+            for it in items]
+        verdicts = [f.result() for f in futures]
+        self._sync_kills()
+        return verdicts
+
+    def _sync_kills(self) -> None:
+        with self._lock:
+            sandbox, math = self.sandbox.kills, self.math.kills
+            self.metrics.sandbox_kills.inc(sandbox - self._kills_seen[0])
+            self.metrics.math_kills.inc(math - self._kills_seen[1])
+            self._kills_seen = [sandbox, math]
+
+    def health(self) -> dict[str, object]:
+        alive = self.math.alive()
+        return {"ok": alive == self.cfg.math_workers, "math_workers_alive": alive,
+                "sandbox": self.cfg.sandbox.backend}
+
+    def close(self) -> None:
+        self._math_exec.shutdown(wait=True)
+        self._code_exec.shutdown(wait=True)
+        self.math.close()

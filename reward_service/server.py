@@ -1,0 +1,72 @@
+"""The scoring HTTP server: POST /v1/score, GET /healthz, GET /metrics, OpenAPI at /docs."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, HTTPException
+from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from protocol.config.reward import RewardConfig
+from protocol.metrics import mount_observability
+from reward_service.api import ScoreRequest, ScoreResponse, ScoreResult
+from reward_service.scorer import Item, Scorer, reward_of
+
+
+class BodyLimit:
+    """Refuse bodies over `max_bytes` with 413: by Content-Length up front, else while reading."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope["headers"]:
+            if name == b"content-length" and (not value.isdigit() or int(value) > self.max_bytes):
+                await JSONResponse({"detail": self._too_big()}, status_code=413)(scope, receive, send)
+                return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes:  # chunked upload without a Content-Length
+                raise HTTPException(413, self._too_big())
+            return message
+
+        await self.app(scope, limited, send)
+
+    def _too_big(self) -> str:
+        return f"request body over the {self.max_bytes}-byte limit (reward.max_request_bytes)"
+
+
+def create_app(config: RewardConfig, scorer: Scorer | None = None) -> FastAPI:
+    """The app owns `scorer` (made from config if not given) and closes it on shutdown."""
+    scorer = scorer or Scorer(config)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        scorer.close()
+
+    app = FastAPI(title="ringrl reward service", version="1", lifespan=lifespan,
+                  description="Binary rewards: Math-Verify for math, sandboxed tests for code.")
+    app.add_middleware(BodyLimit, max_bytes=config.max_request_bytes)
+    app.state.scorer = scorer
+
+    @app.post("/v1/score", response_model=ScoreResponse)
+    def score(req: ScoreRequest) -> ScoreResponse:
+        if len(req.items) > config.max_batch:
+            raise HTTPException(422, f"items: {len(req.items)} items, more than "
+                                     f"reward.max_batch={config.max_batch}")
+        verdicts = scorer.score([Item(it.task, it.response, it.reference()) for it in req.items])
+        return ScoreResponse(results=[ScoreResult(reward=reward_of(v), status=v.status,
+                                                  detail=v.detail) for v in verdicts])
+
+    mount_observability(app, scorer.registry, scorer.health)
+    return app
