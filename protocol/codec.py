@@ -6,12 +6,19 @@ from typing import Any
 
 import msgpack
 import numpy as np
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
-from protocol.schema import SCHEMA_VERSION, Group
+from protocol.schema import (SCHEMA_VERSION, FinishReason, Group, Reference, Response, TaskKind,
+                             Verdict, VerdictStatus)
 
 _I32 = np.dtype("<i4")
 _F32 = np.dtype("<f4")
+
+
+_REFERENCE: TypeAdapter = TypeAdapter(Reference)
+_RESPONSE_FIELDS = set(Response.model_fields)
+_GROUP_FIELDS = set(Group.model_fields)
+_VERDICT_FIELDS = set(Verdict.model_fields)
 
 
 class DecodeError(ValueError):
@@ -57,6 +64,47 @@ def _array(raw: Any, dtype: np.dtype, field: str) -> np.ndarray:
     return np.frombuffer(raw, dtype=dtype)
 
 
+def _check(value: Any, types: type | tuple[type, ...], field: str, optional: bool = False) -> Any:
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,)):
+        raise DecodeError(f"invalid group field {field}: expected {types}, got bool")
+    if not isinstance(value, types):
+        raise DecodeError(f"invalid group field {field}: expected {types}, got {type(value).__name__}")
+    return value
+
+
+def _enum(cls: Any, value: Any, field: str) -> Any:
+    try:
+        return cls(value)
+    except ValueError:
+        raise DecodeError(f"invalid group field {field}: unknown value {value!r}") from None
+
+
+def _response(r: dict, i: int) -> Response:
+    f = f"responses.{i}"
+    tok = _array(r["tok"], _I32, f"responses[{i}].tok")
+    lp = _array(r["lp"], _F32, f"responses[{i}].lp")
+    if len(tok) != len(lp):
+        raise DecodeError(f"invalid group field {f}: {len(tok)} tokens but {len(lp)} log-probs")
+    version = _check(r["ver"], int, f"{f}.policy_version")
+    if version < 0:
+        raise DecodeError(f"invalid group field {f}.policy_version: negative")
+    verdict = r["verdict"]
+    if verdict is not None:
+        _check(verdict, list, f"{f}.verdict")
+        verdict = Verdict.model_construct(
+            _VERDICT_FIELDS, status=_enum(VerdictStatus, verdict[0], f"{f}.verdict.status"),
+            detail=_check(verdict[1], str, f"{f}.verdict.detail"))
+    # Fields checked by hand above: pydantic validation of 16 responses costs more than
+    # moving their 130 kB through Redis (see bench/queue.py).
+    return Response.model_construct(
+        _RESPONSE_FIELDS,
+        token_ids=tok, logprobs=lp, text=_check(r["text"], str, f"{f}.text"),
+        finish_reason=_enum(FinishReason, r["finish"], f"{f}.finish_reason"), policy_version=version,
+        reward=_check(r["reward"], (int, float), f"{f}.reward", optional=True), verdict=verdict)
+
+
 def decode_group(data: bytes) -> Group:
     try:
         msg = msgpack.unpackb(data, raw=False)
@@ -74,40 +122,28 @@ def decode_group(data: bytes) -> Group:
         )
     g = msg["g"]
     try:
-        responses = []
-        for i, r in enumerate(g["responses"]):
-            verdict = r["verdict"]
-            responses.append(
-                {
-                    "token_ids": _array(r["tok"], _I32, f"responses[{i}].tok"),
-                    "logprobs": _array(r["lp"], _F32, f"responses[{i}].lp"),
-                    "text": r["text"],
-                    "finish_reason": r["finish"],
-                    "policy_version": r["ver"],
-                    "reward": r["reward"],
-                    "verdict": None
-                    if verdict is None
-                    else {"status": verdict[0], "detail": verdict[1]},
-                }
-            )
-        return Group(
-            group_id=g["id"],
-            prompt_id=g["prompt_id"],
-            task=g["task"],
-            stage=g["stage"],
-            prompt_text=g["prompt_text"],
+        responses = [_response(r, i) for i, r in enumerate(_check(g["responses"], list, "responses"))]
+        if not responses:
+            raise DecodeError("invalid group field responses: empty")
+        return Group.model_construct(
+            _GROUP_FIELDS,
+            group_id=_check(g["id"], str, "group_id"),
+            prompt_id=_check(g["prompt_id"], str, "prompt_id"),
+            task=_enum(TaskKind, g["task"], "task"),
+            stage=_check(g["stage"], str, "stage"),
+            prompt_text=_check(g["prompt_text"], str, "prompt_text"),
             prompt_token_ids=_array(g["prompt_tok"], _I32, "prompt_tok"),
-            reference=g["ref"],
+            reference=_REFERENCE.validate_python(g["ref"]),
             responses=responses,
-            created_at=g["created_at"],
-            finished_at=g["finished_at"],
-            scored_at=g["scored_at"],
+            created_at=_check(g["created_at"], (int, float), "created_at"),
+            finished_at=_check(g["finished_at"], (int, float), "finished_at", optional=True),
+            scored_at=_check(g["scored_at"], (int, float), "scored_at", optional=True),
         )
     except DecodeError:
         raise
-    except (KeyError, TypeError, IndexError) as exc:
+    except (KeyError, TypeError, IndexError, AttributeError) as exc:
         raise DecodeError(f"malformed group: {type(exc).__name__}: {exc}") from None
     except ValidationError as exc:
         first = exc.errors()[0]
         loc = ".".join(str(p) for p in first["loc"])
-        raise DecodeError(f"invalid group field {loc}: {first['msg']}") from None
+        raise DecodeError(f"invalid group field reference.{loc}: {first['msg']}") from None

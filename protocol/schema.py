@@ -8,7 +8,7 @@ from enum import Enum
 from typing import Annotated, Literal, Union
 
 import numpy as np
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, model_validator
 
 SCHEMA_VERSION = 1
 """Bumped on any change a reader of the previous version would misread."""
@@ -95,6 +95,12 @@ class Response(_Model):
     policy_version: int = Field(ge=0, description="Weight version that generated this response.")
     reward: float | None = Field(default=None, description="Set by the reward side.")
     verdict: Verdict | None = Field(default=None, description="Set by the reward side.")
+
+    @model_validator(mode="after")
+    def _one_logprob_per_token(self) -> "Response":
+        if len(self.token_ids) != len(self.logprobs):
+            raise ValueError(f"{len(self.token_ids)} tokens but {len(self.logprobs)} log-probs")
+        return self
 
 
 def new_group_id() -> str:

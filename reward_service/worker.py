@@ -63,3 +63,29 @@ class RewardWorker:
         out["dead_lettered"] = self.consumer.dead_lettered
         out["reclaimed"] = self.consumer.reclaimed
         return out
+
+
+def uid_offset(index: int, slots: int) -> int:
+    """Disjoint sandbox uid ranges: 0 is the HTTP server's, i + 1 is stream worker i's."""
+    return (index + 1) * slots
+
+
+def main(config_json: str, index: int) -> None:
+    """Entry of one stream-worker process (services mode); ends cleanly on SIGTERM/SIGINT."""
+    import signal
+
+    from protocol.config import RunConfig
+    from protocol.metrics import serve_observability
+
+    cfg = RunConfig.model_validate_json(config_json)
+    scorer = Scorer(cfg.reward, uid_offset=uid_offset(index, cfg.reward.code_concurrency))
+    worker = RewardWorker(scorer, cfg.redis, cfg.run.name, f"reward-{index}")
+    signal.signal(signal.SIGTERM, lambda *_: worker.stop())
+    signal.signal(signal.SIGINT, lambda *_: worker.stop())
+    if cfg.reward.metrics_port:
+        serve_observability(scorer.registry, scorer.health, cfg.reward.host,
+                            cfg.reward.metrics_port + index)
+    try:
+        worker.run()
+    finally:
+        scorer.close()

@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-from protocol.schema import TaskKind
-
 from actors.tasks.items import content_key
 
 
 def is_held_out(source: str, question: str, held_out_fraction: float) -> bool:
     bucket = int(content_key(source, question)[:8], 16) / 0xFFFFFFFF
     return bucket < held_out_fraction
-
-
-__all__ = ["is_held_out", "TaskKind"]

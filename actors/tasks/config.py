@@ -1,0 +1,27 @@
+from __future__ import annotations
+
+from pydantic import Field
+
+from protocol.config.base import Section
+
+from actors.tasks.generators import Source
+
+
+class TasksConfig(Section):
+    sources: list[Source] = Field(
+        default_factory=lambda: ["chain_sum", "leg_counting", "linear_fn"],
+        description="Built-in generators to draw from (chain_sum, leg_counting: math; linear_fn: code).")
+    train_size: int = Field(
+        default=3000, ge=0,
+        description="Distinct train items per built-in source (fewer if the source has fewer).")
+    held_out_size: int = Field(
+        default=100, ge=0, description="Distinct held-out items per built-in source.")
+    held_out_fraction: float = Field(
+        default=0.25, gt=0, lt=1,
+        description="Share of each source's content space reserved for held-out (by content hash).")
+    seed: int = Field(default=0, description="Seed of the generators; equal seeds give equal items.")
+    train_files: list[str] = Field(
+        default_factory=list, description="User JSONL files added to the train split (docs/data.md).")
+    held_out_files: list[str] = Field(
+        default_factory=list,
+        description="User JSONL files added to the held-out split; train items equal to one are dropped.")

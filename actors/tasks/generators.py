@@ -1,0 +1,95 @@
+"""The built-in tasks, generated offline with programmatic teacher solutions.
+
+Sized for what a from-scratch tiny MoE learns in minutes on CPU (STACK-NOTES, last section):
+one-digit chain sums, small leg counts, and linear functions from three values.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator
+from typing import Literal
+
+import reasoning_gym
+
+from protocol.schema import CodeReference, MathReference, TaskKind
+
+from actors.tasks.items import TaskItem, make_item
+
+Source = Literal["chain_sum", "leg_counting", "linear_fn"]
+SOURCES: tuple[Source, ...] = ("chain_sum", "leg_counting", "linear_fn")
+TASK_OF: dict[Source, TaskKind] = {"chain_sum": TaskKind.math, "leg_counting": TaskKind.math,
+                                   "linear_fn": TaskKind.code}
+
+
+def _chain_sum_teacher(expression: str) -> tuple[str, str]:
+    """One line per operation, left to right, then the boxed result."""
+    tokens = expression.split()
+    acc = int(tokens[0])
+    lines = []
+    for op, operand in zip(tokens[1::2], tokens[2::2]):
+        new = acc + int(operand) if op == "+" else acc - int(operand)
+        lines.append(f"{acc} {op} {operand} = {new}")
+        acc = new
+    return "\n".join(lines + [f"\\boxed{{{acc}}}"]), str(acc)
+
+
+def _leg_counting_teacher(animals: dict[str, int], legs: dict[str, int]) -> tuple[str, str]:
+    """count * legs per kind, then a running sum, then the boxed total."""
+    lines, parts = [], []
+    for name, count in animals.items():
+        part = count * legs[name]
+        lines.append(f"{count} * {legs[name]} = {part}")
+        parts.append(part)
+    acc = parts[0]
+    for part in parts[1:]:
+        lines.append(f"{acc} + {part} = {acc + part}")
+        acc += part
+    return "\n".join(lines + [f"\\boxed{{{acc}}}"]), str(acc)
+
+
+def chain_sum(seed: int) -> Iterator[TaskItem]:
+    ds = reasoning_gym.create_dataset("chain_sum", size=1_000_000, seed=seed, min_terms=2, max_terms=3,
+                                      min_digits=1, max_digits=1, allow_negation=False)
+    for i in range(len(ds)):
+        expression = ds[i]["metadata"]["expression"]
+        solution, answer = _chain_sum_teacher(expression)
+        yield make_item(TaskKind.math, "chain_sum", f"What is {expression}?",
+                        MathReference(answer=answer), solution)
+
+
+def leg_counting(seed: int) -> Iterator[TaskItem]:
+    from reasoning_gym.arithmetic.leg_counting import ANIMALS
+
+    ds = reasoning_gym.create_dataset("leg_counting", size=1_000_000, seed=seed, min_animals=1,
+                                      max_animals=3, min_instances=1, max_instances=3)
+    for i in range(len(ds)):
+        animals: dict[str, int] = ds[i]["metadata"]["animals"]
+        listed = ", ".join(f"{n} {name}{'s' if n > 1 else ''}" for name, n in animals.items())
+        solution, answer = _leg_counting_teacher(animals, ANIMALS)
+        if answer != ds[i]["answer"]:
+            raise AssertionError(f"leg_counting teacher disagrees with reasoning_gym on item {i}")
+        yield make_item(TaskKind.math, "leg_counting", f"How many legs in total: {listed}?",
+                        MathReference(answer=answer), solution)
+
+
+def linear_fn_item(a: int, b: int) -> TaskItem:
+    question = f"Write f with f(0)={b}, f(1)={a + b}, f(2)={2 * a + b}."
+    body = f"{a} * x {'-' if b < 0 else '+'} {abs(b)}"
+    solution = f"```python\ndef f(x):\n    return {body}\n```"
+    # Hidden inputs beyond 0..2 make a lookup table of the three shown values fail.
+    test_code = ("def check(candidate):\n"
+                 "    for x in (-3, 0, 1, 2, 5, 11):\n"
+                 f"        assert candidate(x) == {a} * x + ({b}), x\n")
+    return make_item(TaskKind.code, "linear_fn", question,
+                     CodeReference(test_code=test_code, entry_point="f"), solution)
+
+
+def linear_fn(seed: int) -> Iterator[TaskItem]:
+    rng = random.Random(seed)
+    while True:
+        yield linear_fn_item(rng.randint(-9, 9), rng.randint(-9, 9))
+
+
+GENERATORS: dict[Source, Callable[[int], Iterator[TaskItem]]] = {
+    "chain_sum": chain_sum, "leg_counting": leg_counting, "linear_fn": linear_fn}

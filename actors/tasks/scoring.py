@@ -1,0 +1,83 @@
+"""A quick local check of responses, for tables (checkpoint selection, eval, tests).
+
+Not the official reward: that comes from the reward service (Math-Verify, sandbox). Math: the
+last \\boxed{} compared exactly (or numerically) with the gold answer. Code: the program runs in a
+child Python process with a wall-clock limit; it is trusted about as much as our own tiny model's
+output is — use the reward service for untrusted models.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import uuid
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+from protocol.schema import CodeReference, MathReference
+from reward_service.extract import last_boxed, program
+
+from actors.tasks.items import TaskItem
+
+CODE_TIMEOUT_S = 5.0
+
+
+def _normalise(answer: str) -> str:
+    return "".join(answer.strip().strip("$").split())
+
+
+def math_correct(response: str, ref: MathReference) -> bool:
+    got = last_boxed(response)
+    if got is None:
+        return False
+    a, b = _normalise(got), _normalise(ref.answer)
+    if a == b:
+        return True
+    try:
+        return abs(float(a) - float(b)) <= 1e-9 * max(1.0, abs(float(b)))
+    except ValueError:
+        return False
+
+
+def _run(source: str, stdin: str) -> subprocess.CompletedProcess[str] | None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "solution.py")
+        with open(path, "w") as fh:
+            fh.write(source)
+        try:
+            return subprocess.run([sys.executable, "-I", "-S", path], input=stdin, capture_output=True,
+                                  text=True, timeout=CODE_TIMEOUT_S, cwd=tmp)
+        except subprocess.TimeoutExpired:
+            return None
+
+
+def code_correct(response: str, ref: CodeReference) -> bool:
+    src = program(response)
+    if src is None:
+        return False
+    if ref.test_code:
+        # A program that exits 0 before the tests run must not pass: require a fresh nonce.
+        nonce = uuid.uuid4().hex
+        done = _run(f"{src}\n\n{ref.test_code}\n\ncheck({ref.entry_point})\nprint({nonce!r})\n", "")
+        if done is None or done.returncode != 0 or nonce not in done.stdout:
+            return False
+    for test in ref.io_tests:
+        done = _run(src, test.stdin)
+        if done is None or done.returncode != 0 or done.stdout.split() != test.stdout.split():
+            return False
+    return True
+
+
+def is_correct(item: TaskItem, response: str) -> bool:
+    ref = item.reference
+    return math_correct(response, ref) if isinstance(ref, MathReference) else code_correct(response, ref)
+
+
+def score_all(items: Sequence[TaskItem], responses: Sequence[str], workers: int = 2) -> list[bool]:
+    """is_correct for each (item, response) pair; code runs `workers` at a time."""
+    if len(items) != len(responses):
+        raise ValueError(f"{len(items)} items but {len(responses)} responses")
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(is_correct, items, responses))

@@ -1,0 +1,117 @@
+"""Turn a step's pieces into forward inputs: packed micro-batches (default) or padded ones.
+
+Packed: every sequence of a micro-batch is concatenated into one row whose position ids restart
+at 0 per sequence and no attention mask is passed; transformers (>= 4.56) then builds a
+block-diagonal causal mask from the position ids for the sdpa/eager kernels, so no token attends
+across a boundary (tests/learner/test_packing.py checks this against separate forwards).
+
+Each sequence is prompt + response[:end]; the loss covers response tokens [start, end), predicted
+from the position before each. Targets are gathered by flat index, so packed and padded layouts
+share one loss path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from learner.batcher import Piece, Step
+
+
+@dataclass
+class MicroBatch:
+    input_ids: torch.Tensor
+    """[rows, T] token ids."""
+    position_ids: torch.Tensor
+    attention_mask: torch.Tensor | None
+    """None when packed; [rows, T] (1 = real token) when padded."""
+    logit_index: torch.Tensor
+    """[N] flat indices into rows*T of the positions whose logits predict the loss tokens."""
+    targets: torch.Tensor
+    """[N] the loss tokens."""
+    behaviour_logprobs: torch.Tensor
+    advantages: torch.Tensor
+    weights: torch.Tensor
+    """[N] per-token loss weights (C3PO: 1/token_budget)."""
+    seq_ids: torch.Tensor
+    """[N] index of the sequence within the step each loss token belongs to (per-sequence metrics)."""
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.targets.numel())
+
+    @property
+    def num_input_tokens(self) -> int:
+        return int(self.input_ids.numel())
+
+
+def _sequence(p: Piece) -> np.ndarray:
+    return np.concatenate([p.prompt_ids, p.response_ids[:p.end]])
+
+
+def plan_microbatches(pieces: list[Piece], max_tokens: int) -> list[list[int]]:
+    """Greedy in arrival order: indices of pieces per micro-batch, each <= max_tokens input tokens
+    (a longer sequence alone). Arrival order keeps the plan identical on every rank."""
+    plans: list[list[int]] = []
+    size = 0
+    for i, p in enumerate(pieces):
+        n = len(p.prompt_ids) + p.end
+        if plans and size + n <= max_tokens:
+            plans[-1].append(i)
+            size += n
+        else:
+            plans.append([i])
+            size = n
+    return plans
+
+
+def _loss_fields(step: Step, idx: list[int], offsets: list[int]) -> dict[str, torch.Tensor]:
+    logit_index, targets, beh, adv, w, sid = [], [], [], [], [], []
+    for i, off in zip(idx, offsets):
+        p = step.pieces[i]
+        # token response[j] sits at off + len(prompt) + j and is predicted by the position before it
+        pos = off + len(p.prompt_ids) + np.arange(p.start, p.end) - 1
+        logit_index.append(pos)
+        targets.append(p.response_ids[p.start:p.end])
+        beh.append(p.behaviour_logprobs[p.start:p.end])
+        adv.append(np.full(p.num_tokens, p.advantage))
+        w.append(np.full(p.num_tokens, step.token_weights(p)))
+        sid.append(np.full(p.num_tokens, i))
+    cat = np.concatenate
+    return dict(logit_index=torch.from_numpy(cat(logit_index)).long(),
+                targets=torch.from_numpy(cat(targets)).long(),
+                behaviour_logprobs=torch.from_numpy(cat(beh).astype(np.float32)),
+                advantages=torch.from_numpy(cat(adv).astype(np.float32)),
+                weights=torch.from_numpy(cat(w).astype(np.float64)),
+                seq_ids=torch.from_numpy(cat(sid)).long())
+
+
+def pack(step: Step, idx: list[int]) -> MicroBatch:
+    seqs = [_sequence(step.pieces[i]) for i in idx]
+    offsets = np.cumsum([0] + [len(s) for s in seqs[:-1]]).tolist()
+    ids = torch.from_numpy(np.concatenate(seqs)).long()[None]
+    pos = torch.from_numpy(np.concatenate([np.arange(len(s)) for s in seqs])).long()[None]
+    return MicroBatch(ids, pos, None, **_loss_fields(step, idx, offsets))
+
+
+def pad(step: Step, idx: list[int], pad_id: int = 0) -> MicroBatch:
+    """One row per sequence, right-padded to the longest: the naive layout, for comparison."""
+    seqs = [_sequence(step.pieces[i]) for i in idx]
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for r, s in enumerate(seqs):
+        ids[r, :len(s)] = torch.from_numpy(s)
+        mask[r, :len(s)] = 1
+    pos = torch.arange(width).expand(len(seqs), -1).contiguous()
+    return MicroBatch(ids, pos, mask, **_loss_fields(step, idx, [r * width for r in range(len(seqs))]))
+
+
+def microbatches(step: Step, max_tokens: int, layout: str = "packed", rank: int = 0,
+                 world_size: int = 1) -> list[MicroBatch]:
+    """This rank's micro-batches of the step (round-robin over the shared plan)."""
+    build = pack if layout == "packed" else pad
+    plans = plan_microbatches(step.pieces, max_tokens)
+    return [build(step, idx) for k, idx in enumerate(plans) if k % world_size == rank]

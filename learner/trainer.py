@@ -1,0 +1,185 @@
+"""The learner: model + AdamW + batcher; one call = one optimiser step on one C3PO step.
+
+One optimiser update per step (no PPO epochs), so the learner's "old" log-probs of a step are its
+current log-probs with no gradient: `old_logprobs: recompute` costs no extra forward.
+
+Data-parallel: when torch.distributed is initialised every rank builds the same step (same stream,
+same batcher), runs its round-robin share of the micro-batches, and gradients are all-reduced with
+SUM. Token weights already carry the global normaliser, so the sum is the single-rank gradient.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from learner import loss as L
+from learner.batcher import Batcher, Step
+from learner.packing import MicroBatch, microbatches, plan_microbatches
+from protocol.config.learner import LearnerConfig
+from protocol.schema import Group
+
+_SUMS = ("pg_loss", "entropy_loss", "lb_loss", "z_loss", "entropy_sum", "tokens", "clipped",
+         "mismatch_sum", "tis_clipped", "input_tokens")
+
+
+def moe_shape(config: Any) -> tuple[int, int] | None:
+    """(num_experts, top_k) of a MoE config, None for a dense one."""
+    n = getattr(config, "num_experts", None) or getattr(config, "num_local_experts", None)
+    k = getattr(config, "num_experts_per_tok", None)
+    return (int(n), int(k)) if n and k else None
+
+
+def load_model(path: str, trust_remote_code: bool = False) -> torch.nn.Module:
+    # fp32 master weights whatever the file holds; bf16 compute is autocast (see LearnerConfig.dtype)
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32,
+                                                trust_remote_code=trust_remote_code)
+
+
+def warmup_lambda(warmup_steps: int):  # noqa: ANN201 (a LambdaLR callable)
+    return lambda s: min(1.0, (s + 1) / warmup_steps) if warmup_steps else 1.0
+
+
+class Learner:
+    def __init__(self, cfg: LearnerConfig, model_path: str) -> None:
+        self.cfg = cfg
+        torch.manual_seed(cfg.seed)
+        self.model = load_model(model_path, cfg.trust_remote_code)
+        self.model.train()
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=cfg.trust_remote_code)
+        self.moe = moe_shape(self.model.config)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, betas=cfg.betas,
+                                           eps=cfg.adam_eps, weight_decay=cfg.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup_lambda(cfg.warmup_steps))
+        self.batcher = Batcher.from_config(cfg)
+        self.version = 0
+        """Policy version of the current weights: the number of optimiser steps applied."""
+        self.rank, self.world_size = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+        self.layout = "packed"
+
+    # --- one micro-batch --------------------------------------------------------------------
+    def _forward(self, mb: MicroBatch) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        kw: dict[str, Any] = {"output_router_logits": True} if self.moe else {}
+        autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if self.cfg.dtype == "bfloat16"
+                    else contextlib.nullcontext())
+        with autocast:
+            out = self.model(input_ids=mb.input_ids, position_ids=mb.position_ids,
+                             attention_mask=mb.attention_mask, use_cache=False, **kw)
+        logits = out.logits.reshape(-1, out.logits.shape[-1])[mb.logit_index]
+        return logits, tuple(out.router_logits) if self.moe else ()
+
+    def microbatch_loss(self, mb: MicroBatch, step_input_tokens: int) -> tuple[torch.Tensor, dict[str, float]]:
+        """This micro-batch's share of the step loss, and its metric sums."""
+        cfg = self.cfg
+        logits, router = self._forward(mb)
+        logp, entropy = L.logprobs_and_entropy(logits, mb.targets)
+        w = mb.weights.to(logp.dtype)
+        beh = mb.behaviour_logprobs.to(logp.dtype)
+        old = logp.detach() if cfg.old_logprobs == "recompute" else beh
+        tok_loss, clipped = L.ppo_clip(logp, old, mb.advantages.to(logp.dtype), cfg.clip_low, cfg.clip_high)
+        tis_clipped = 0.0
+        if cfg.tis_cap is not None:
+            tis = L.tis_weights(logp, beh, cfg.tis_cap)
+            tok_loss = tok_loss * tis
+            tis_clipped = float((tis >= cfg.tis_cap).sum())
+        pg = (w * tok_loss).sum()
+        ent = -(w * entropy).sum()
+        total = pg + cfg.entropy_coef * ent
+        lb = z = torch.zeros((), dtype=logp.dtype)
+        if router:
+            mask = None if mb.attention_mask is None else mb.attention_mask.reshape(-1)
+            share = mb.num_real_input_tokens / step_input_tokens
+            lb = L.load_balance_loss(router, self.moe[1], mask) * share
+            z = L.router_z_sum(router, mask) / step_input_tokens
+            total = total + cfg.load_balance_coef * lb + cfg.router_z_coef * z
+        mismatch = (logp.detach() - beh).abs()
+        sums = {"pg_loss": float(pg), "entropy_loss": float(ent), "lb_loss": float(lb), "z_loss": float(z),
+                "entropy_sum": float(entropy.detach().sum()), "tokens": float(mb.num_tokens),
+                "clipped": float(clipped.sum()), "mismatch_sum": float(mismatch.sum()),
+                "tis_clipped": tis_clipped, "input_tokens": float(mb.num_real_input_tokens),
+                "mismatch_max": float(mismatch.max()) if mismatch.numel() else 0.0}
+        return total, sums
+
+    # --- one step ---------------------------------------------------------------------------
+    def train_step(self, step: Step) -> dict[str, float]:
+        """Forward/backward this rank's micro-batches, all-reduce, clip, AdamW; returns metrics."""
+        t0 = time.perf_counter()
+        self.optimizer.zero_grad(set_to_none=False)
+        step_input = sum(len(p.prompt_ids) + p.end for p in step.pieces)
+        sums = dict.fromkeys(_SUMS, 0.0)
+        mismatch_max = 0.0
+        for mb in microbatches(step, self.cfg.max_tokens_per_microbatch, self.layout, self.rank,
+                               self.world_size):
+            loss, s = self.microbatch_loss(mb, step_input)
+            loss.backward()
+            mismatch_max = max(mismatch_max, s.pop("mismatch_max"))
+            for k in _SUMS:
+                sums[k] += s[k]
+        if self.world_size > 1:
+            self._all_reduce(sums)
+            mm = torch.tensor([mismatch_max])
+            dist.all_reduce(mm, op=dist.ReduceOp.MAX)
+            mismatch_max = float(mm)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        max_norm = self.cfg.grad_clip if self.cfg.grad_clip is not None else float("inf")
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+        lr = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.version += 1
+        n = max(sums["tokens"], 1.0)
+        return {
+            "step": float(self.version), "loss": sums["pg_loss"] + self.cfg.entropy_coef * sums["entropy_loss"]
+            + self.cfg.load_balance_coef * sums["lb_loss"] + self.cfg.router_z_coef * sums["z_loss"],
+            "pg_loss": sums["pg_loss"], "entropy_loss": sums["entropy_loss"], "lb_loss": sums["lb_loss"],
+            "z_loss": sums["z_loss"], "entropy": sums["entropy_sum"] / n, "tokens": sums["tokens"],
+            "input_tokens": sums["input_tokens"], "sequences": float(len(step.pieces)),
+            "clip_fraction": sums["clipped"] / n, "mismatch_mean": sums["mismatch_sum"] / n,
+            "mismatch_max": mismatch_max, "tis_clip_fraction": sums["tis_clipped"] / n,
+            "grad_norm": grad_norm, "lr": lr, "step_time_s": time.perf_counter() - t0,
+        }
+
+    def _all_reduce(self, sums: dict[str, float]) -> None:
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset:offset + g.numel()].view_as(g))
+            offset += g.numel()
+        vals = torch.tensor([sums[k] for k in _SUMS], dtype=torch.float64)
+        dist.all_reduce(vals)
+        sums.update(zip(_SUMS, vals.tolist()))
+
+    # --- groups in, metrics out -------------------------------------------------------------
+    def add_groups(self, groups: Iterable[Group]) -> None:
+        self.batcher.add(groups, self.version)
+
+    def train_ready(self, max_steps: int | None = None) -> list[dict[str, float]]:
+        """Run every step the buffered data fills (at most max_steps)."""
+        out: list[dict[str, float]] = []
+        while max_steps is None or len(out) < max_steps:
+            step = self.batcher.next_step(self.version)
+            if step is None:
+                break
+            out.append(self.train_step(step))
+        return out
+
+    def train_on_groups(self, groups: Iterable[Group]) -> list[dict[str, float]]:
+        self.add_groups(groups)
+        return self.train_ready()
+
+    def counters(self) -> dict[str, int]:
+        from dataclasses import asdict
+
+        return {**asdict(self.batcher.counters), "tokens_buffered": self.batcher.buffered_tokens}
+
+
+def num_microbatches(step: Step, max_tokens: int) -> int:
+    return len(plan_microbatches(step.pieces, max_tokens))
