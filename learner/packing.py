@@ -43,8 +43,8 @@ class MicroBatch:
         return int(self.targets.numel())
 
     @property
-    def num_input_tokens(self) -> int:
-        return int(self.input_ids.numel())
+    def num_real_input_tokens(self) -> int:
+        return int(self.input_ids.numel() if self.attention_mask is None else self.attention_mask.sum())
 
 
 def _sequence(p: Piece) -> np.ndarray:

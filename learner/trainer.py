@@ -11,6 +11,7 @@ SUM. Token weights already carry the global normaliser, so the sum is the single
 from __future__ import annotations
 
 import contextlib
+from dataclasses import asdict
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -21,7 +22,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from learner import loss as L
 from learner.batcher import Batcher, Step
-from learner.packing import MicroBatch, microbatches, plan_microbatches
+from learner.packing import MicroBatch, microbatches
 from protocol.config.learner import LearnerConfig
 from protocol.schema import Group
 
@@ -146,7 +147,11 @@ class Learner:
         }
 
     def _all_reduce(self, sums: dict[str, float]) -> None:
-        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        for p in params:  # a rank with no micro-batch (or an unrouted expert) still joins the reduce
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        grads = [p.grad for p in params]
         flat = torch.cat([g.reshape(-1) for g in grads])
         dist.all_reduce(flat)
         offset = 0
@@ -176,10 +181,4 @@ class Learner:
         return self.train_ready()
 
     def counters(self) -> dict[str, int]:
-        from dataclasses import asdict
-
         return {**asdict(self.batcher.counters), "tokens_buffered": self.batcher.buffered_tokens}
-
-
-def num_microbatches(step: Step, max_tokens: int) -> int:
-    return len(plan_microbatches(step.pieces, max_tokens))

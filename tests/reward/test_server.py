@@ -1,0 +1,113 @@
+"""The scoring API over real HTTP (uvicorn on loopback, httpx)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+import uvicorn
+
+from reward_service.server import create_app
+from tests.conftest import free_port
+from tests.reward.conftest import reward_config
+
+
+@pytest.fixture(scope="module")
+def base_url() -> Iterator[str]:
+    cfg = reward_config("bwrap").model_copy(update={"max_request_bytes": 64 * 1024, "max_batch": 8})
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(cfg), host="127.0.0.1", port=port,
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(200):
+        try:
+            if httpx.get(f"{url}/healthz").status_code == 200:
+                break
+        except httpx.TransportError:
+            time.sleep(0.05)
+    yield url
+    server.should_exit = True
+    thread.join(30)
+
+
+def test_scores_a_mixed_batch(base_url: str) -> None:
+    items = [
+        {"task": "math", "response": "so \\boxed{\\frac{1}{2}}", "answer": "0.5"},
+        {"task": "math", "response": "no idea", "answer": "0.5"},
+        {"task": "code", "response": "```python\nprint(int(input()) * 2)\n```",
+         "tests": {"io_tests": [{"stdin": "21\n", "stdout": "42"}]}},
+        {"task": "code", "response": "```python\ndef f(x):\n    return x\n```",
+         "tests": {"test_code": "def check(c):\n    assert c(1) == 2\n", "entry_point": "f"}},
+        {"task": "code", "response": "```python\nwhile True: pass\n```",
+         "tests": {"io_tests": [{"stdout": "1"}]}},
+    ]
+    r = httpx.post(f"{base_url}/v1/score", json={"items": items}, timeout=60)
+    assert r.status_code == 200, r.text
+    got = [(x["reward"], x["status"]) for x in r.json()["results"]]
+    assert got == [(1.0, "correct"), (0.0, "no_answer"), (1.0, "correct"),
+                   (0.0, "runtime_error"), (0.0, "timeout")]
+
+
+@pytest.mark.parametrize("body, field", [
+    ({"items": [{"task": "math", "response": "x"}]}, "answer"),
+    ({"items": [{"task": "code", "response": "x"}]}, "tests"),
+    ({"items": [{"task": "poetry", "response": "x", "answer": "1"}]}, "task"),
+    ({"items": [{"task": "math", "answer": "1"}]}, "response"),
+    ({"items": []}, "items"),
+    ({"items": [{"task": "code", "response": "x", "tests": {"test_code": "def check(c): pass"}}]},
+     "entry_point"),
+    ({"items": [{"task": "math", "response": "x", "answer": "1"}] * 9}, "items"),
+])
+def test_bad_requests_name_the_field(base_url: str, body: dict, field: str) -> None:
+    r = httpx.post(f"{base_url}/v1/score", json=body)
+    assert r.status_code == 422
+    assert field in r.text
+
+
+def test_malformed_json_is_a_4xx(base_url: str) -> None:
+    r = httpx.post(f"{base_url}/v1/score", content=b"{not json",
+                   headers={"content-type": "application/json"})
+    assert 400 <= r.status_code < 500
+
+
+def test_oversized_body_refused_by_content_length(base_url: str) -> None:
+    big = {"items": [{"task": "math", "response": "x" * (100 * 1024), "answer": "1"}]}
+    r = httpx.post(f"{base_url}/v1/score", json=big)
+    assert r.status_code == 413 and "max_request_bytes" in r.text
+
+
+def test_oversized_chunked_body_refused_while_streaming(base_url: str) -> None:
+    sent = 0
+
+    def chunks() -> Iterator[bytes]:
+        nonlocal sent
+        yield b'{"items": [{"task": "math", "answer": "1", "response": "'
+        for _ in range(10_000):  # 10 MB unless the server stops reading
+            sent += 1024
+            yield b"x" * 1024
+        yield b'"}]}'
+    try:
+        r = httpx.post(f"{base_url}/v1/score", content=chunks(),
+                       headers={"content-type": "application/json"}, timeout=30)
+        assert r.status_code == 413
+    except httpx.TransportError:
+        pass  # the server answered and closed before the client finished sending
+    assert sent < 10_000 * 1024
+
+
+def test_health_metrics_and_docs(base_url: str) -> None:
+    httpx.post(f"{base_url}/v1/score", json={"items": [
+        {"task": "math", "response": "\\boxed{3}", "answer": "3"}]})
+    assert httpx.get(f"{base_url}/healthz").json()["ok"] is True
+    metrics = httpx.get(f"{base_url}/metrics").text
+    assert 'ringrl_reward_verifications_total{status="correct",task="math"}' in metrics
+    assert "ringrl_reward_latency_seconds_bucket" in metrics
+    assert "ringrl_reward_sandbox_kills_total" in metrics
+    assert httpx.get(f"{base_url}/openapi.json").json()["paths"]["/v1/score"]
+    assert httpx.get(f"{base_url}/docs").status_code == 200
