@@ -7,10 +7,14 @@ import torch
 import torch.nn.functional as F
 
 
+def _upcast(t: torch.Tensor) -> torch.Tensor:
+    """Half precision to float32; float32/float64 kept (the float64 reference test relies on it)."""
+    return t.float() if t.dtype in (torch.bfloat16, torch.float16) else t
+
+
 def logprobs_and_entropy(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """[N, V] logits -> log-prob of each target and the entropy of each distribution."""
-    if logits.dtype in (torch.bfloat16, torch.float16):
-        logits = logits.float()
+    logits = _upcast(logits)
     logp_all = F.log_softmax(logits, dim=-1)
     logp = logp_all.gather(-1, targets[:, None]).squeeze(-1)
     entropy = -(logp_all.exp() * logp_all).sum(-1)
@@ -40,11 +44,11 @@ def load_balance_loss(router_logits: tuple[torch.Tensor, ...], top_k: int,
     """
     losses = []
     for layer in router_logits:
-        probs = F.softmax(layer.float(), dim=-1)
+        probs = F.softmax(_upcast(layer), dim=-1)
         n_exp = probs.shape[-1]
-        w = torch.ones(probs.shape[0], device=probs.device) if mask is None else mask.float()
+        w = torch.ones_like(probs[:, 0]) if mask is None else mask.to(probs.dtype)
         chosen = probs.topk(top_k, dim=-1).indices
-        counts = torch.zeros(n_exp, device=probs.device).scatter_add_(
+        counts = torch.zeros_like(probs[0]).scatter_add_(
             0, chosen.reshape(-1), w.repeat_interleave(top_k))
         f = counts / (w.sum() * top_k)
         p = (probs * w[:, None]).sum(0) / w.sum()
@@ -56,6 +60,6 @@ def router_z_sum(router_logits: tuple[torch.Tensor, ...], mask: torch.Tensor | N
     """Sum over tokens of logsumexp(router logits)^2, averaged over layers (divide by tokens for the mean)."""
     per_layer = []
     for layer in router_logits:
-        z = torch.logsumexp(layer.float(), dim=-1) ** 2
-        per_layer.append(z.sum() if mask is None else (z * mask.float()).sum())
+        z = torch.logsumexp(_upcast(layer), dim=-1) ** 2
+        per_layer.append(z.sum() if mask is None else (z * mask.to(z.dtype)).sum())
     return torch.stack(per_layer).mean()

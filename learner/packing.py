@@ -83,7 +83,7 @@ def _loss_fields(step: Step, idx: list[int], offsets: list[int]) -> dict[str, to
     return dict(logit_index=torch.from_numpy(cat(logit_index)).long(),
                 targets=torch.from_numpy(cat(targets)).long(),
                 behaviour_logprobs=torch.from_numpy(cat(beh).astype(np.float32)),
-                advantages=torch.from_numpy(cat(adv).astype(np.float32)),
+                advantages=torch.from_numpy(cat(adv).astype(np.float64)),
                 weights=torch.from_numpy(cat(w).astype(np.float64)),
                 seq_ids=torch.from_numpy(cat(sid)).long())
 

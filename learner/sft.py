@@ -141,7 +141,7 @@ def train_sft(cfg: SFTConfig, examples: Sequence[tuple[str, str]],
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
     tok = AutoTokenizer.from_pretrained(cfg.init_model)
-    model = AutoModelForCausalLM.from_pretrained(cfg.init_model, torch_dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(cfg.init_model, dtype=torch.float32)
     model.train()
     data = _encode(tok, examples, cfg.max_length)
     if not data:
@@ -193,7 +193,7 @@ def train_sft(cfg: SFTConfig, examples: Sequence[tuple[str, str]],
                 step += 1
                 window_tokens += int(mask.sum())
                 window_s += dt
-                value = float(loss)
+                value = float(loss.detach())
                 ema = value if math.isnan(ema) else 0.9 * ema + 0.1 * value
                 progress.update(bar, advance=1,
                                 description=f"step {step} loss {ema:.3f} {trained_s / 60:.2f} min")

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from learner import loss as L
 from learner.batcher import Batcher, Step
@@ -39,8 +39,11 @@ def moe_shape(config: Any) -> tuple[int, int] | None:
 
 def load_model(path: str, trust_remote_code: bool = False) -> torch.nn.Module:
     # fp32 master weights whatever the file holds; bf16 compute is autocast (see LearnerConfig.dtype)
+    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    # eager experts: fastest on CPU (STACK-NOTES) and the only kernel that also runs float64
+    kw = {"experts_implementation": "eager"} if moe_shape(config) else {}
     return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32,
-                                                trust_remote_code=trust_remote_code)
+                                                trust_remote_code=trust_remote_code, **kw)
 
 
 def warmup_lambda(warmup_steps: int):  # noqa: ANN201 (a LambdaLR callable)

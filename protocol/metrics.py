@@ -26,11 +26,11 @@ def mount_observability(app: Any, registry: CollectorRegistry, health: Health) -
     """Add GET /metrics and GET /healthz to a FastAPI app."""
     from fastapi import Response
 
-    @app.get("/metrics", include_in_schema=False)
+    @app.get("/metrics", include_in_schema=False, response_model=None)
     def metrics() -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/healthz")
+    @app.get("/healthz", response_model=None)
     def healthz() -> Response:
         code, body = _health_body(health)
         return Response(body, status_code=code, media_type="application/json")

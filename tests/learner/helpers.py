@@ -9,7 +9,7 @@ import numpy as np
 from protocol.schema import Group, MathReference, Response, TaskKind
 
 
-def scored_groups(count: int, seed: int = 0, n: int = 4, vocab: int = 600, min_len: int = 1,
+def scored_groups(count: int, seed: int = 0, n: int = 4, vocab: int = 300, min_len: int = 1,
                   max_len: int = 40, prompt_len: tuple[int, int] = (3, 12), version: int = 0,
                   prefix: str = "g") -> list[Group]:
     """Groups with random response lengths, binary rewards (some all-equal) and behaviour log-probs."""

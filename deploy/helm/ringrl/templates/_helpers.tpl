@@ -1,0 +1,113 @@
+{{- define "ringrl.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 40 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 40 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "ringrl.labels" -}}
+app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
+
+{{/* Selector labels of one component: (dict "root" $ "component" "rollout") */}}
+{{- define "ringrl.selector" -}}
+app.kubernetes.io/name: {{ .root.Chart.Name }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{- define "ringrl.image" -}}
+{{- $img := .Values.image -}}
+{{- if .Values.gpu.enabled -}}{{- $img = .Values.gpu.image -}}{{- end -}}
+{{- printf "%s:%s" $img.repository $img.tag -}}
+{{- end -}}
+
+{{- define "ringrl.cpuImage" -}}
+{{- printf "%s:%s" .Values.image.repository .Values.image.tag -}}
+{{- end -}}
+
+{{- define "ringrl.redisUrl" -}}
+{{- if .Values.redis.enabled -}}
+{{- printf "redis://%s-redis:6379/0" (include "ringrl.fullname" .) -}}
+{{- else -}}
+{{- required "redis.externalUrl is required when redis.enabled is false" .Values.redis.externalUrl -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "ringrl.learnerHost" -}}
+{{- printf "%s-learner" (include "ringrl.fullname" .) -}}
+{{- end -}}
+
+{{/* Env every part shares: the queue, outputs, and where the learner is (engines pull weights
+     from it and join its broadcast rendezvous). */}}
+{{- define "ringrl.commonEnv" -}}
+- name: RINGRL_REDIS__URL
+  value: {{ include "ringrl.redisUrl" . | quote }}
+- name: RINGRL_RUN__OUTPUT_DIR
+  value: /data/runs
+- name: RINGRL_LEARNER__PUBLIC_URL
+  value: {{ printf "http://%s:%d" (include "ringrl.learnerHost" .) (int .Values.ports.learner) | quote }}
+- name: RINGRL_LEARNER__BROADCAST_HOST
+  value: {{ include "ringrl.learnerHost" . | quote }}
+- name: RINGRL_LEARNER__BROADCAST_PORT
+  value: {{ .Values.ports.weightRendezvous | quote }}
+- name: RINGRL_LEARNER__BROADCAST_WORLD_SIZE
+  value: {{ ternary (add1 (int .Values.rollout.replicas)) 0 .Values.weightBroadcast.enabled | quote }}
+- name: RINGRL_LEARNER__BROADCAST_BACKEND
+  value: {{ .Values.weightBroadcast.backend | default (ternary "nccl" "gloo" .Values.gpu.enabled) | quote }}
+{{- end -}}
+
+{{- define "ringrl.scrapeAnnotations" -}}
+{{- if .root.Values.metrics.scrapeAnnotations }}
+prometheus.io/scrape: "true"
+prometheus.io/port: {{ .port | quote }}
+prometheus.io/path: /metrics
+{{- end }}
+{{- end -}}
+
+{{/* /healthz probes on the named port "http". */}}
+{{- define "ringrl.probes" -}}
+startupProbe:
+  httpGet: {path: /healthz, port: http}
+  periodSeconds: {{ .Values.probes.periodSeconds }}
+  failureThreshold: {{ .Values.probes.startupFailureThreshold }}
+readinessProbe:
+  httpGet: {path: /healthz, port: http}
+  periodSeconds: {{ .Values.probes.periodSeconds }}
+  failureThreshold: 3
+livenessProbe:
+  httpGet: {path: /healthz, port: http}
+  periodSeconds: {{ .Values.probes.periodSeconds }}
+  failureThreshold: 6
+{{- end -}}
+
+{{- define "ringrl.podSecurity" -}}
+runAsNonRoot: true
+runAsUser: 10001
+runAsGroup: 10001
+fsGroup: 10001
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{- define "ringrl.containerSecurity" -}}
+allowPrivilegeEscalation: false
+capabilities:
+  drop: [ALL]
+{{- end -}}
+
+{{/* Resources of a GPU part: (dict "root" $ "part" .Values.rollout "gpus" .Values.gpu.rollout) */}}
+{{- define "ringrl.gpuResources" -}}
+{{- $res := deepCopy .part.resources -}}
+{{- if .root.Values.gpu.enabled -}}
+{{- $limits := get $res "limits" | default dict -}}
+{{- $_ := set $limits .root.Values.gpu.resourceName (int .gpus) -}}
+{{- $_ := set $res "limits" $limits -}}
+{{- end -}}
+{{- toYaml $res -}}
+{{- end -}}
