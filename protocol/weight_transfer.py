@@ -141,3 +141,19 @@ def verify(named: Iterable[tuple[str, torch.Tensor]], manifest: Manifest) -> Non
     if got != manifest.checksum:
         raise ValueError(f"weight version {manifest.version}: checksum mismatch "
                          f"(got {got[:12]}, manifest says {manifest.checksum[:12]})")
+
+
+def send_manifest(group: WeightGroup, manifest: Manifest, src: int = 0) -> None:
+    """Broadcast the manifest itself (length, then JSON bytes), so receivers need no side channel."""
+    raw = torch.frombuffer(bytearray(manifest.model_dump_json().encode()), dtype=torch.uint8)
+    group.broadcast(torch.tensor([raw.numel()], dtype=torch.int64), src)
+    group.broadcast(raw, src)
+
+
+def receive_manifest(group: WeightGroup, src: int = 0) -> Manifest:
+    """The receiving side of `send_manifest`; call it before `receive` for each version."""
+    size = torch.zeros(1, dtype=torch.int64)
+    group.broadcast(size, src)
+    raw = torch.empty(int(size), dtype=torch.uint8)
+    group.broadcast(raw, src)
+    return Manifest.model_validate_json(raw.numpy().tobytes())

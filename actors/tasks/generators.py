@@ -10,8 +10,6 @@ import random
 from collections.abc import Callable, Iterator
 from typing import Literal
 
-import reasoning_gym
-
 from protocol.schema import CodeReference, MathReference, TaskKind
 
 from actors.tasks.items import TaskItem, make_item
@@ -49,6 +47,8 @@ def _leg_counting_teacher(animals: dict[str, int], legs: dict[str, int]) -> tupl
 
 
 def chain_sum(seed: int) -> Iterator[TaskItem]:
+    import reasoning_gym  # heavy; only when items are generated, not when a command starts
+
     ds = reasoning_gym.create_dataset("chain_sum", size=1_000_000, seed=seed, min_terms=2, max_terms=3,
                                       min_digits=1, max_digits=1, allow_negation=False)
     for i in range(len(ds)):
@@ -59,6 +59,7 @@ def chain_sum(seed: int) -> Iterator[TaskItem]:
 
 
 def leg_counting(seed: int) -> Iterator[TaskItem]:
+    import reasoning_gym
     from reasoning_gym.arithmetic.leg_counting import ANIMALS
 
     ds = reasoning_gym.create_dataset("leg_counting", size=1_000_000, seed=seed, min_animals=1,

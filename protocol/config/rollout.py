@@ -1,7 +1,58 @@
 from __future__ import annotations
 
+from typing import Literal
+
+from pydantic import Field
+
 from protocol.config.base import Section
 
 
 class RolloutConfig(Section):
-    """Settings of the rollout side (filled in by its issue)."""
+    model: str = Field(
+        default="", description="Hugging Face model folder the engine starts from (version 0).")
+    served_model_name: str = Field(
+        default="ringrl-policy",
+        description="Name /v1/completions answers to (the model folder path is accepted too).")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        default="auto", description="Engine dtype; 'auto' takes the checkpoint's.")
+    max_model_len: int = Field(
+        default=2048, gt=0, description="Context length (prompt + response) the engine is built for.")
+    max_num_seqs: int = Field(
+        default=256, gt=0, description="Most sequences the engine batches at once.")
+    enforce_eager: bool = Field(
+        default=True, description="Skip graph capture / torch.compile: ~2 s start on CPU instead of ~30 s.")
+    kv_cache_gib: int = Field(
+        default=1, gt=0, description="CPU KV-cache size in GiB (sets VLLM_CPU_KVCACHE_SPACE if unset).")
+    gpu_memory_utilization: float = Field(
+        default=0.85, gt=0, le=1, description="Share of GPU memory vLLM may take (GPU machines only).")
+    seed: int | None = Field(
+        default=None, description="Base sampling seed (sample i of a prompt uses seed + i); empty: random.")
+    n: int = Field(default=8, gt=0, description="Responses sampled per prompt (the group size).")
+    max_tokens: int = Field(default=256, gt=0, description="Most new tokens per response.")
+    temperature: float = Field(default=1.0, ge=0, description="Sampling temperature (0: greedy).")
+    top_p: float = Field(default=1.0, gt=0, le=1, description="Nucleus-sampling mass.")
+    stop: list[str] = Field(
+        default_factory=list, description="Stop strings; the response ends at the first one.")
+    inflight_policy: Literal["finish", "abort"] = Field(
+        default="finish",
+        description="On a weight update, in-flight responses finish on the old weights first "
+                    "(finish) or are aborted and resampled on the new ones (abort).")
+    max_inflight_groups: int = Field(
+        default=64, gt=0, description="Groups generating at once; further prompts wait their turn.")
+    max_pending_prompts: int = Field(
+        default=4096, gt=0, description="Prompts accepted but not yet started; POST /v1/rollouts answers 429 above.")
+    max_backlog: int = Field(
+        default=4096, gt=0,
+        description="New prompts pause while the rollouts + scored streams hold this many groups.")
+    max_staleness: int = Field(
+        default=4, ge=0,
+        description="New prompts pause while the engine's version is this many ahead of the learner's.")
+    poll_s: float = Field(
+        default=0.05, gt=0, description="How often a paused loop re-checks backlog and staleness.")
+    follow_weights: bool = Field(
+        default=False,
+        description="Subscribe to the run's weights channel and pull each new version by URL.")
+    weight_backend: Literal["gloo", "nccl"] = Field(
+        default="gloo", description="Backend of the learner's weight-broadcast group.")
+    host: str = Field(default="127.0.0.1", description="Bind address of the rollout HTTP server.")
+    port: int = Field(default=8000, ge=0, le=65535, description="Port of the rollout HTTP server.")

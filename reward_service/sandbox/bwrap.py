@@ -2,13 +2,15 @@
 
 bwrap is started as the slot's unprivileged host uid (not as root): as root, the sandbox's
 mapped uid would be host root, for which the kernel ignores RLIMIT_NPROC, so a fork bomb
-would not be contained.
+would not be contained. The `warm` backend builds its long-lived sandboxes from the same
+arguments (`args`).
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,12 +41,23 @@ def _root_binds(python: str) -> list[str]:
     return args
 
 
-def command(cfg: SandboxConfig, uid: int) -> tuple[list[str], dict[str, Any]]:
-    argv = ["bwrap", "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
+def args(cfg: SandboxConfig, seccomp_fd: int, cmd: Sequence[str],
+         extra: Sequence[str] = ()) -> list[str]:
+    """bwrap argv: every namespace, read-only /usr, private /tmp tmpfs, no capabilities, the
+    seccomp deny-list (read from `seccomp_fd`), then `extra` options/operations, then `cmd`."""
+    return ["bwrap", "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
             "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID), "--hostname", "sandbox",
             *_root_binds(cfg.python), "--dev", "/dev",
             "--size", str(cfg.tmpfs_mb << 20), "--tmpfs", "/tmp", "--chdir", "/tmp",
             "--clearenv", "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "HOME", "/tmp",
-            "--setenv", "LANG", "C.UTF-8",
-            cfg.python, "-I", "-S", "-c", HARNESS]
-    return argv, {"user": uid, "group": uid, "extra_groups": [], "env": {}, "cwd": "/"}
+            "--setenv", "LANG", "C.UTF-8", "--seccomp", str(seccomp_fd), *extra, *cmd]
+
+
+def popen_kwargs(uid: int, pass_fds: Sequence[int]) -> dict[str, Any]:
+    return {"user": uid, "group": uid, "extra_groups": [], "env": {}, "cwd": "/",
+            "pass_fds": tuple(pass_fds)}
+
+
+def command(cfg: SandboxConfig, uid: int, seccomp_fd: int) -> tuple[list[str], dict[str, Any]]:
+    argv = args(cfg, seccomp_fd, [cfg.python, "-I", "-S", "-c", HARNESS])
+    return argv, popen_kwargs(uid, [seccomp_fd])

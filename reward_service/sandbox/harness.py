@@ -13,7 +13,7 @@ from __future__ import annotations
 COMPILE_ERROR_EXIT = 3
 COMPILE_ERROR_TAG = b"ringrl-compile-error"
 
-HARNESS = r'''
+HARNESS_DEF = r'''
 import os, sys, resource
 def _ringrl_harness():
     inp = sys.stdin.buffer
@@ -43,8 +43,8 @@ def _ringrl_harness():
         g["check"](g[entry.decode()])
         sys.stdout.flush()
         os.write(1, b"\n" + nonce + b"\n")
-_ringrl_harness()
 '''
+HARNESS = HARNESS_DEF + "_ringrl_harness()\n"
 
 
 def header(mode: str, nonce: str, src: bytes, test: bytes, entry: str, cpu_s: int,

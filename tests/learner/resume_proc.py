@@ -29,7 +29,8 @@ def main(mode: str, model: str, ckpt_root: str, out: str) -> None:
     for chunk in range(12):
         learner.add_groups(scored_groups(4, seed=chunk, max_len=30, prefix=f"c{chunk}-"))
         while (step := learner.batcher.next_step(learner.version)) is not None:
-            losses[learner.version + 1] = learner.train_step(step)["loss"]
+            metrics = learner.train_step(step)
+            losses[learner.version] = metrics["loss"]
             if mode == "crash" and learner.version == SAVE_AT:
                 save_checkpoint(learner, ckpt_root)
             if mode == "crash" and learner.version == SAVE_AT + 1:

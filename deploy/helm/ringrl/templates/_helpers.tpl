@@ -59,15 +59,21 @@ app.kubernetes.io/component: {{ .component }}
 - name: RINGRL_LEARNER__BROADCAST_WORLD_SIZE
   value: {{ ternary (add1 (int .Values.rollout.replicas)) 0 .Values.weightBroadcast.enabled | quote }}
 - name: RINGRL_LEARNER__BROADCAST_BACKEND
-  value: {{ .Values.weightBroadcast.backend | default (ternary "nccl" "gloo" .Values.gpu.enabled) | quote }}
+  value: {{ include "ringrl.broadcastBackend" . | quote }}
+- name: RINGRL_ROLLOUT__WEIGHT_BACKEND
+  value: {{ include "ringrl.broadcastBackend" . | quote }}
+{{- end -}}
+
+{{- define "ringrl.broadcastBackend" -}}
+{{- .Values.weightBroadcast.backend | default (ternary "nccl" "gloo" .Values.gpu.enabled) -}}
 {{- end -}}
 
 {{- define "ringrl.scrapeAnnotations" -}}
-{{- if .root.Values.metrics.scrapeAnnotations }}
+{{- if .root.Values.metrics.scrapeAnnotations -}}
 prometheus.io/scrape: "true"
 prometheus.io/port: {{ .port | quote }}
 prometheus.io/path: /metrics
-{{- end }}
+{{- end -}}
 {{- end -}}
 
 {{/* /healthz probes on the named port "http". */}}

@@ -1,0 +1,35 @@
+"""Settings of distillation (SFT); kept apart from learner/sft.py so configs load without torch."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from protocol.config.base import Section
+
+
+class SFTConfig(Section):
+    init_model: str = Field(
+        default="", description="Hugging Face folder to start from; empty: `ringrl sft` builds the tiny MoE.")
+    output_dir: str = Field(default="runs/default/sft", description="Checkpoints go to OUTPUT_DIR/step-NNNNNN.")
+    batch_size: int = Field(default=64, gt=0, description="Sequences per optimiser step.")
+    lr: float = Field(default=3e-3, gt=0, description="Peak AdamW learning rate (constant after warm-up).")
+    warmup_steps: int = Field(default=100, ge=0, description="Linear learning-rate warm-up from 0.")
+    weight_decay: float = Field(default=0.0, ge=0, description="AdamW decoupled weight decay.")
+    grad_clip: float = Field(default=1.0, gt=0, description="Clip the global gradient norm to this.")
+    max_steps: int = Field(default=0, ge=0, description="Stop after this many steps (0: no step limit).")
+    max_minutes: float = Field(
+        default=6.0, ge=0, description="Stop after this much training time (0: no time limit).")
+    save_steps: list[int] = Field(default_factory=list, description="Also save at these step numbers.")
+    save_every_minutes: float = Field(
+        default=1.0, ge=0, description="Save a checkpoint every this much training time (0: never).")
+    dtype: Literal["fp32", "bf16"] = Field(
+        default="fp32", description="bf16: autocast forward/backward in bfloat16, fp32 master weights.")
+    max_length: int = Field(default=256, gt=8, description="Longer examples are cut to this many tokens.")
+    bucket_batches: int = Field(
+        default=32, gt=0,
+        description="Length bucketing: each window of this many batches is sorted by length before batching.")
+    log_every_steps: int = Field(default=50, gt=0, description="One summary line every this many steps.")
+    threads: int = Field(default=0, ge=0, description="torch intra-op threads (0: torch's default).")
+    seed: int = Field(default=0, description="Seed for data order and dropout.")

@@ -1,0 +1,124 @@
+"""The trusted fork server that runs as pid 1 of each warm sandbox (source text, run with -c).
+
+It never runs untrusted code itself; it only forks. Per request (three fds over the control
+socket: the program's stdin, stdout, stderr) it forks a child that wires those fds, runs the
+shared harness (rlimits, compile, exec, nonce), and exits. Then the server SIGKILLs every other
+process in the pid namespace (`kill(-1)` from init reaches all of them), reaps until it has no
+children left — so nothing of the run survives —, empties /tmp (the only writable path), and
+answers `(exit code, processes left behind, healthy)`. If /tmp cannot be emptied it answers
+unhealthy and exits, and the host starts a fresh sandbox.
+
+As pid 1 of its namespace it cannot be killed or stopped by the programs (the kernel drops
+signals from inside the namespace that init has no handler for, so SIGINT is set to default).
+"""
+
+from __future__ import annotations
+
+from reward_service.sandbox.harness import HARNESS_DEF
+
+REPLY_FORMAT = "!iii"
+REPLY_SIZE = 12
+
+SERVER = HARNESS_DEF + r'''
+import atexit, signal, socket, struct, traceback
+# Loaded once here, so a forked program finds them imported (children re-seed `random`).
+import bisect, collections, copy, decimal, fractions, functools, heapq, itertools, json, math
+import operator, random, re, statistics, string, typing
+
+def _ringrl_exit_code(code):
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code & 0xFF
+    print(code, file=sys.stderr)
+    return 1
+
+def _ringrl_child(fds):
+    for i, fd in enumerate(fds):
+        os.dup2(fd, i)
+    os.closerange(3, 1 << 20)  # the control socket above all: a program must not answer for us
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    sys.stdin = sys.__stdin__ = open(0, "r", encoding="utf-8", closefd=False)
+    sys.stdout = sys.__stdout__ = open(1, "w", encoding="utf-8", closefd=False)
+    sys.stderr = sys.__stderr__ = open(2, "w", encoding="utf-8", errors="backslashreplace",
+                                       closefd=False)
+    os.chdir("/tmp")
+    try:
+        _ringrl_harness()
+        code = 0
+    except SystemExit as e:
+        code = _ringrl_exit_code(e.code)
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    # What the interpreter does at exit: wait for non-daemon threads, atexit, flush.
+    threading = sys.modules.get("threading")
+    try:
+        if threading is not None:
+            threading._shutdown()
+        atexit._run_exitfuncs()
+    except BaseException:
+        traceback.print_exc()
+    for f in (sys.stdout, sys.stderr):
+        try:
+            f.flush()
+        except BaseException:
+            code = code or 120
+    os._exit(code)
+
+def _ringrl_reap():
+    left = 0
+    while True:
+        try:
+            os.kill(-1, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        try:
+            os.waitpid(-1, 0)
+        except ChildProcessError:
+            return left
+        left += 1
+
+def _ringrl_empty(path):
+    for e in os.scandir(path):
+        if e.is_dir(follow_symlinks=False):
+            os.chmod(e.path, 0o700)
+            _ringrl_empty(e.path)
+            os.rmdir(e.path)
+        else:
+            os.unlink(e.path)
+
+def _ringrl_wipe():
+    try:
+        os.chmod("/tmp", 0o700)
+        _ringrl_empty("/tmp")
+        return os.listdir("/tmp") == []
+    except (OSError, RecursionError):
+        return False
+
+def _ringrl_serve(ctl_fd):
+    os.closerange(3, ctl_fd)
+    os.closerange(ctl_fd + 1, 1 << 20)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    ctl = socket.socket(fileno=ctl_fd)
+    ctl.sendall(b"R")
+    while True:
+        msg, fds, _, _ = socket.recv_fds(ctl, 1, 3)
+        if not msg:
+            os._exit(0)  # the host is gone
+        if len(fds) != 3:
+            os._exit(1)
+        pid = os.fork()
+        if pid == 0:
+            _ringrl_child(fds)
+        for fd in fds:
+            os.close(fd)
+        status = os.waitpid(pid, 0)[1]
+        left = _ringrl_reap()
+        ok = _ringrl_wipe()
+        ctl.sendall(struct.pack("!iii", os.waitstatus_to_exitcode(status), left, int(ok)))
+        if not ok:
+            os._exit(2)
+
+_ringrl_serve(int(sys.argv[1]))
+'''

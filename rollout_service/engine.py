@@ -1,0 +1,421 @@
+"""One vLLM engine driven step by step from a dedicated thread.
+
+vLLM 0.32's async engine only runs with the engine core in a separate process, which hides the
+model from us (in-place weight loads need it) and costs ~30 s to start on CPU. The offline
+`LLM` engine run in-process gives the same continuous batching: requests join and leave the
+running batch at every `step()`, and each finishes on its own. One thread owns the engine, so
+weight updates happen between steps with no locking against generation.
+
+Each response is its own engine request (n = 1), so a weight update can abort and resample one
+response without touching its siblings, and every response records the version that produced
+all of its tokens.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import BaseModel, Field
+
+from protocol.config.rollout import RolloutConfig
+from protocol.schema import FinishReason, Response
+from rollout_service.kernels import refresh_cpu_kernels
+from rollout_service.metrics import RolloutMetrics
+
+WeightSource = Callable[[], Iterable[tuple[str, torch.Tensor]]]
+"""Called on the engine thread; yields (HF name, tensor) pairs of one complete version."""
+
+
+class Sampling(BaseModel):
+    """Per-request overrides of the config's sampling settings (None: take the config's)."""
+
+    max_tokens: int | None = Field(default=None, gt=0, description="Most new tokens per response.")
+    temperature: float | None = Field(default=None, ge=0, description="Sampling temperature.")
+    top_p: float | None = Field(default=None, gt=0, le=1, description="Nucleus-sampling mass.")
+    stop: list[str] | None = Field(default=None, description="Stop strings.")
+    seed: int | None = Field(default=None, description="Base seed; response i uses seed + i.")
+
+
+class InvalidRequest(ValueError):
+    """A request the engine cannot serve; `field` names what to fix."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+@dataclass
+class _Request:
+    prompt: list[int]
+    params: Any  # vllm.SamplingParams
+    on_output: Callable[[Any, int], None]  # (RequestOutput, policy version)
+    on_error: Callable[[BaseException], None]
+    version: int = 0
+
+
+@dataclass
+class _Update:
+    source: WeightSource
+    version: int
+    checksum: str
+    future: Future
+    requested_at: float = field(default_factory=time.monotonic)
+
+
+_FINISH = {"stop": FinishReason.stop, "length": FinishReason.length, "abort": FinishReason.abort}
+
+
+def _engine_env(config: RolloutConfig) -> None:
+    # In-process engine core: the only mode where the model is reachable for in-place loads.
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(config.kv_cache_gib))
+    os.environ.setdefault("VLLM_HOST_IP", "127.0.0.1")
+
+
+class Engine:
+    """A vLLM engine on its own thread. Thread-safe: every public method may be called anywhere."""
+
+    def __init__(self, model: str, config: RolloutConfig, version: int = 0, checksum: str = "",
+                 metrics: RolloutMetrics | None = None, start_timeout_s: float = 600.0) -> None:
+        if not model:
+            raise InvalidRequest("model", "no model folder given")
+        self.model_path, self.config = model, config
+        self.metrics = metrics or RolloutMetrics()
+        self._version, self._checksum = version, checksum
+        self.updated_at = time.time()
+        self._commands: queue.Queue[tuple[str, Any]] = queue.Queue()
+        self._requests: dict[str, _Request] = {}
+        self._held: list[_Request] = []  # arrived while a 'finish' update drains the engine
+        self._update: _Update | None = None
+        self._ids = itertools.count()
+        self._closed = False
+        self.error: BaseException | None = None  # set if the engine thread died
+        ready: Future = Future()
+        self._thread = threading.Thread(target=self._main, args=(ready,), daemon=True,
+                                        name="rollout-engine")
+        self._thread.start()
+        ready.result(timeout=start_timeout_s)
+        self.metrics.version.set(version)
+
+    # ---- public API ---------------------------------------------------------------------
+
+    @property
+    def version(self) -> int:
+        return self._version
+
+    @property
+    def checksum(self) -> str:
+        return self._checksum
+
+    @property
+    def tokenizer(self) -> Any:
+        return self._tokenizer
+
+    @property
+    def max_model_len(self) -> int:
+        return self._max_model_len
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._requests)
+
+    def encode(self, text: str) -> list[int]:
+        return list(self._tokenizer.encode(text, add_special_tokens=False))
+
+    def submit(self, prompt_token_ids: Sequence[int], n: int | None = None,
+               sampling: Sampling | None = None,
+               on_response: Callable[[int, Response], None] | None = None) -> Future[list[Response]]:
+        """Sample n responses; the future resolves when the last one finishes.
+
+        `on_response(i, response)` is called (on the engine thread; keep it cheap) as each
+        response finishes. Raises InvalidRequest naming the field for input the engine refuses.
+        """
+        n = self.config.n if n is None else n
+        self._check_prompt(prompt_token_ids, n)
+        params = [self._params(len(prompt_token_ids), i, sampling or Sampling()) for i in range(n)]
+        prompt = [int(t) for t in prompt_token_ids]
+        future: Future[list[Response]] = Future()
+        results: list[Response | None] = [None] * n
+        remaining = [n]
+
+        def done(i: int) -> Callable[[Any, int], None]:
+            def on_output(out: Any, version: int) -> None:
+                resp = _response(out, version)
+                results[i] = resp
+                self.metrics.add_tokens(len(resp.token_ids))
+                self.metrics.responses.labels(resp.finish_reason.value).inc()
+                if on_response is not None:
+                    on_response(i, resp)
+                remaining[0] -= 1
+                if remaining[0] == 0:
+                    future.set_result([r for r in results if r is not None])
+            return on_output
+
+        def fail(exc: BaseException) -> None:
+            if not future.done():
+                future.set_exception(exc)
+
+        self._send("add", [_Request(prompt, p, done(i), fail) for i, p in enumerate(params)])
+        return future
+
+    def generate(self, prompt_token_ids: Sequence[int], n: int | None = None,
+                 sampling: Sampling | None = None) -> list[Response]:
+        return self.submit(prompt_token_ids, n, sampling).result()
+
+    def prompt_logprobs(self, token_ids: Sequence[int]) -> np.ndarray:
+        """Log-prob of each token given the ones before it (teacher forcing): the weight probe."""
+        if len(token_ids) < 2:
+            raise InvalidRequest("token_ids", "need at least 2 tokens")
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        future: Future[np.ndarray] = Future()
+        ids = [int(t) for t in token_ids]
+
+        def on_output(out: Any, version: int) -> None:
+            lps = out.prompt_logprobs[1:]
+            future.set_result(np.array([d[t].logprob for d, t in zip(lps, ids[1:])], dtype=np.float64))
+
+        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0,
+                                output_kind=RequestOutputKind.FINAL_ONLY)
+        self._send("add", [_Request(ids, params, on_output, future.set_exception)])
+        return future.result()
+
+    def update_weights(self, source: WeightSource, version: int, checksum: str = "",
+                       timeout: float | None = None) -> float:
+        """Load a complete version in place (between steps); returns the seconds it took.
+
+        With inflight_policy=finish, new requests wait while running ones finish on the old
+        weights; with abort, running ones are stopped and sampled again on the new weights.
+        If `source` raises (a broken transfer, a checksum mismatch), the error propagates and the
+        engine keeps its old version number but is marked unhealthy: its weights may be partial.
+        """
+        future: Future[float] = Future()
+        self._send("update", _Update(source, version, checksum, future))
+        return future.result(timeout=timeout)
+
+    def health(self) -> dict[str, Any]:
+        return {"ok": self.error is None and self._thread.is_alive(), "version": self._version,
+                "in_flight": self.in_flight,
+                **({"error": f"{type(self.error).__name__}: {self.error}"} if self.error else {})}
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._commands.put(("close", None))
+            self._thread.join(60)
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- validation -----------------------------------------------------------------------
+
+    def _check_prompt(self, prompt: Sequence[int], n: int) -> None:
+        if n <= 0:
+            raise InvalidRequest("n", "must be > 0")
+        if len(prompt) == 0:
+            raise InvalidRequest("prompt", "is empty")
+        vocab = self._vocab_size
+        bad = next((t for t in prompt if not 0 <= int(t) < vocab), None)
+        if bad is not None:
+            raise InvalidRequest("prompt", f"token id {bad} outside the vocabulary [0, {vocab})")
+        if len(prompt) >= self._max_model_len:
+            raise InvalidRequest("prompt", f"{len(prompt)} tokens leave no room in the "
+                                           f"{self._max_model_len}-token context")
+
+    def _params(self, prompt_len: int, i: int, s: Sampling) -> Any:
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        c = self.config
+        max_tokens = s.max_tokens or c.max_tokens
+        if prompt_len + max_tokens > self._max_model_len:
+            raise InvalidRequest("max_tokens", f"prompt ({prompt_len}) + max_tokens ({max_tokens}) "
+                                               f"exceeds the model context ({self._max_model_len})")
+        seed = s.seed if s.seed is not None else c.seed
+        return SamplingParams(
+            n=1, max_tokens=max_tokens,
+            temperature=c.temperature if s.temperature is None else s.temperature,
+            top_p=c.top_p if s.top_p is None else s.top_p,
+            stop=list(c.stop if s.stop is None else s.stop) or None,
+            seed=None if seed is None else seed + i,
+            logprobs=0,  # 0: just the sampled token's log-prob
+            output_kind=RequestOutputKind.FINAL_ONLY)
+
+    # ---- engine thread ----------------------------------------------------------------------
+
+    def _send(self, kind: str, payload: Any) -> None:
+        if self.error is not None:
+            raise RuntimeError(f"rollout engine stopped: {self.error}")
+        if self._closed:
+            raise RuntimeError("rollout engine is closed")
+        self._commands.put((kind, payload))
+
+    def _main(self, ready: Future) -> None:
+        try:
+            self._llm = self._build()
+        except BaseException as exc:  # report start-up failure to the constructor
+            ready.set_exception(exc)
+            return
+        ready.set_result(None)
+        try:
+            self._loop()
+        except BaseException as exc:  # keep the reason for /healthz and fail every waiter
+            self.error = exc
+            self._fail_all(exc)
+        finally:
+            self._shutdown()
+
+    def _build(self) -> Any:
+        _engine_env(self.config)
+        from vllm import LLM
+
+        c = self.config
+        kwargs: dict[str, Any] = dict(
+            model=self.model_path, enforce_eager=c.enforce_eager, dtype=c.dtype,
+            max_model_len=c.max_model_len, max_num_seqs=c.max_num_seqs,
+            distributed_executor_backend="uni", seed=c.seed or 0)
+        if torch.cuda.is_available():
+            kwargs["gpu_memory_utilization"] = c.gpu_memory_utilization
+        llm = LLM(**kwargs)
+        self._engine = llm.llm_engine
+        self._tokenizer = llm.get_tokenizer()
+        self._max_model_len = llm.llm_engine.model_config.max_model_len
+        self._vocab_size = llm.llm_engine.model_config.get_vocab_size()
+        return llm
+
+    def _loop(self) -> None:
+        while True:
+            busy = self._engine.has_unfinished_requests()
+            try:
+                kind, payload = self._commands.get(block=not busy and self._update is None,
+                                                   timeout=None)
+                while True:
+                    if kind == "close":
+                        return
+                    self._handle(kind, payload)
+                    kind, payload = self._commands.get_nowait()
+            except queue.Empty:
+                pass
+            if self._update is not None:
+                self._maybe_apply_update()
+            if self._engine.has_unfinished_requests():
+                self._step()
+
+    def _handle(self, kind: str, payload: Any) -> None:
+        if kind == "add":
+            if self._update is not None and self.config.inflight_policy == "finish":
+                self._held.extend(payload)
+            else:
+                for req in payload:
+                    self._add(req)
+        elif kind == "update":
+            if self._update is not None:  # one at a time: a newer version replaces a queued one
+                self._update.future.set_exception(RuntimeError(
+                    f"weight version {self._update.version} superseded by {payload.version}"))
+            self._update = payload
+
+    def _add(self, req: _Request) -> None:
+        req.version = self._version
+        rid = f"r{next(self._ids)}"
+        self._requests[rid] = req
+        self._engine.add_request(rid, {"prompt_token_ids": req.prompt}, req.params)
+        self.metrics.in_flight.set(len(self._requests))
+
+    def _step(self) -> None:
+        for out in self._engine.step():
+            if not out.finished:
+                continue
+            req = self._requests.pop(out.request_id, None)
+            if req is not None:
+                req.on_output(out, req.version)
+        self.metrics.in_flight.set(len(self._requests))
+
+    def _maybe_apply_update(self) -> None:
+        upd = self._update
+        assert upd is not None
+        resample: list[_Request] = []
+        if self.config.inflight_policy == "abort" and self._requests:
+            ids = list(self._requests)
+            self._engine.abort_request(ids)
+            resample = [self._requests.pop(rid) for rid in ids]
+            # The engine reports aborted requests on the next step; drain them so the batch is empty.
+            while self._engine.has_unfinished_requests():
+                self._engine.step()
+            self.metrics.resubmitted.inc(len(resample))
+        elif self._requests:
+            return  # 'finish': keep stepping until the running requests are done
+        self._update = None
+        self._held = resample + self._held
+        try:
+            self._load(upd)
+        except BaseException as exc:
+            self.error = exc
+            upd.future.set_exception(exc)
+            raise
+        seconds = time.monotonic() - upd.requested_at
+        self.metrics.update_seconds.observe(seconds)
+        self.metrics.last_update_seconds.set(seconds)
+        upd.future.set_result(seconds)
+        held, self._held = self._held, []
+        for req in held:
+            self._add(req)
+
+    def _load(self, upd: _Update) -> None:
+        worker = self._engine.engine_core.engine_core.model_executor.driver_worker.worker
+        worker.reload_weights(weights_iterator=upd.source(), is_checkpoint_format=True)
+        refresh_cpu_kernels(worker.model_runner.get_model())
+        # Cached prefixes hold keys/values computed with the old weights.
+        if not self._engine.reset_prefix_cache():
+            raise RuntimeError("prefix cache could not be reset after a weight update")
+        self._version, self._checksum, self.updated_at = upd.version, upd.checksum, time.time()
+        self.metrics.version.set(upd.version)
+
+    def _fail_all(self, exc: BaseException) -> None:
+        for req in list(self._requests.values()) + self._held:
+            req.on_error(exc)
+        self._requests.clear()
+        self._held = []
+        while True:
+            try:
+                kind, payload = self._commands.get_nowait()
+            except queue.Empty:
+                break
+            if kind == "update":
+                payload.future.set_exception(exc)
+            elif kind == "add":
+                for req in payload:
+                    req.on_error(exc)
+
+    def _shutdown(self) -> None:
+        llm = getattr(self, "_llm", None)
+        if llm is not None:
+            try:
+                llm.llm_engine.engine_core.shutdown()
+            finally:
+                del self._llm, self._engine
+
+
+def _response(out: Any, version: int) -> Response:
+    c = out.outputs[0]
+    lps = c.logprobs or []
+    return Response(
+        token_ids=np.asarray(c.token_ids, dtype=np.int32),
+        logprobs=np.array([d[t].logprob for d, t in zip(lps, c.token_ids)], dtype=np.float32),
+        text=c.text,
+        finish_reason=_FINISH.get(c.finish_reason or "stop", FinishReason.stop),
+        policy_version=version)
+

@@ -1,0 +1,206 @@
+"""The rollout HTTP API (FastAPI): rollouts into the stream, OpenAI-style completions, weights."""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import time
+import uuid
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field, model_validator
+
+from protocol.metrics import mount_observability
+from protocol.weight_transfer import Manifest
+from rollout_service.engine import Engine, InvalidRequest, Sampling
+from rollout_service.streaming import Prompt, Rollouts
+from rollout_service.weights import BroadcastReceiver, WeightError, load_from_url
+
+
+class RolloutRequest(BaseModel):
+    prompts: list[Prompt] = Field(min_length=1, description="Prompts; one group each.")
+
+
+class RolloutAccepted(BaseModel):
+    group_ids: list[str] = Field(description="Ids the groups will carry in the rollouts stream.")
+    version: int = Field(description="Engine weight version at acceptance.")
+
+
+class CompletionRequest(BaseModel):
+    """The subset of OpenAI's /v1/completions this server honours."""
+
+    model: str
+    prompt: str | list[str] | list[int] | list[list[int]]
+    max_tokens: int = Field(default=16, gt=0)
+    temperature: float = Field(default=1.0, ge=0)
+    top_p: float = Field(default=1.0, gt=0, le=1)
+    n: int = Field(default=1, gt=0)
+    logprobs: int | None = Field(default=None, ge=0, le=5)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+
+
+class BroadcastSpec(BaseModel):
+    host: str = Field(description="Address of the learner's TCPStore (rank 0).")
+    port: int = Field(ge=1, le=65535)
+    rank: int = Field(ge=1, description="This engine's rank in the group (the learner is 0).")
+    world_size: int = Field(ge=2)
+    manifest: Manifest = Field(description="The version's tensors, in transfer order.")
+
+
+class WeightsRequest(BaseModel):
+    version: int = Field(ge=0, description="The version to load.")
+    url: str | None = Field(default=None, description="Pull a safetensors file from here ...")
+    checksum: str | None = Field(default=None, description="... and check it against this.")
+    broadcast: BroadcastSpec | None = Field(default=None, description="... or receive it by broadcast.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "WeightsRequest":
+        if (self.url is None) == (self.broadcast is None):
+            raise ValueError("url: give exactly one of url or broadcast")
+        if self.broadcast is not None and self.broadcast.manifest.version != self.version:
+            raise ValueError("broadcast.manifest.version: differs from version")
+        return self
+
+
+class WeightsState(BaseModel):
+    version: int
+    checksum: str
+    updated_at: float
+    update_seconds: float | None = None
+
+
+def _error(status: int, field: str, message: str) -> JSONResponse:
+    return JSONResponse({"detail": f"{field}: {message}", "field": field}, status_code=status)
+
+
+def create_app(engine: Engine, rollouts: Rollouts | None = None,
+               served_model_name: str | None = None, weight_backend: str = "gloo") -> FastAPI:
+    """The rollout API over one engine; without `rollouts` (no Redis) POST /v1/rollouts is 503."""
+    app = FastAPI(title="ringrl rollout service", version="1",
+                  description="vLLM generation for RL: groups into Redis, OpenAI completions, "
+                              "versioned weight updates.")
+    names = {engine.model_path, served_model_name or engine.config.served_model_name}
+    receiver = BroadcastReceiver(engine)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        err = exc.errors()[0]
+        loc = [str(p) for p in err["loc"] if p != "body"]
+        msg = str(err["msg"])
+        # A model validator reports "Value error, <field>: <why>": surface that field.
+        if msg.startswith("Value error, ") and ": " in msg:
+            msg = msg[len("Value error, "):]
+            field, msg = msg.split(": ", 1)
+            loc = loc + [field]
+        field = ".".join(loc) or "body"
+        return _error(422, field, msg)
+
+    @app.exception_handler(InvalidRequest)
+    async def refused(_: Request, exc: InvalidRequest) -> JSONResponse:
+        return _error(400, exc.field, str(exc).split(": ", 1)[1])
+
+    @app.exception_handler(WeightError)
+    async def bad_weights(_: Request, exc: WeightError) -> JSONResponse:
+        field, msg = str(exc).split(": ", 1)
+        return _error(400, field, msg)
+
+    @app.post("/v1/rollouts", status_code=202, response_model=RolloutAccepted)
+    def post_rollouts(req: RolloutRequest) -> Any:
+        if rollouts is None:
+            return _error(503, "rollouts", "this server has no Redis stream configured")
+        ids = []
+        for i, p in enumerate(req.prompts):
+            try:
+                ids.append(rollouts.submit(p))
+            except InvalidRequest as exc:
+                return _error(400, f"prompts.{i}.{exc.field}", str(exc).split(": ", 1)[1])
+            except queue.Full:
+                return _error(429, "prompts", f"{len(ids)} of {len(req.prompts)} accepted "
+                                              f"({ids}); the pending queue is full, retry later")
+        return RolloutAccepted(group_ids=ids, version=engine.version)
+
+    @app.post("/v1/completions")
+    async def completions(req: CompletionRequest) -> Any:
+        if req.model not in names:
+            return _error(404, "model", f"unknown model {req.model!r}; this server serves {sorted(names)}")
+        prompts = _prompts(engine, req.prompt)
+        sampling = Sampling(max_tokens=req.max_tokens, temperature=req.temperature, top_p=req.top_p,
+                            stop=[req.stop] if isinstance(req.stop, str) else req.stop, seed=req.seed)
+        futures = [engine.submit(p, req.n, sampling) for p in prompts]
+        results = [await asyncio.wrap_future(f) for f in futures]
+        choices, completion_tokens = [], 0
+        for responses in results:
+            for r in responses:
+                completion_tokens += len(r.token_ids)
+                choice: dict[str, Any] = {"index": len(choices), "text": r.text,
+                                          "finish_reason": r.finish_reason.value, "logprobs": None}
+                if req.logprobs is not None:
+                    toks = [engine.tokenizer.decode([int(t)]) for t in r.token_ids]
+                    offsets, pos = [], 0
+                    for t in toks:
+                        offsets.append(pos)
+                        pos += len(t)
+                    choice["logprobs"] = {
+                        "tokens": toks, "token_logprobs": [float(x) for x in r.logprobs],
+                        "top_logprobs": [{t: float(x)} for t, x in zip(toks, r.logprobs)],
+                        "text_offset": offsets}
+                choices.append(choice)
+        prompt_tokens = sum(len(p) for p in prompts)
+        return {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion",
+                "created": int(time.time()), "model": req.model, "choices": choices,
+                "system_fingerprint": f"policy-v{results[0][0].policy_version}",
+                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                          "total_tokens": prompt_tokens + completion_tokens}}
+
+    @app.get("/v1/weights", response_model=WeightsState)
+    def get_weights() -> WeightsState:
+        return WeightsState(version=engine.version, checksum=engine.checksum,
+                            updated_at=engine.updated_at)
+
+    @app.post("/v1/weights", response_model=WeightsState)
+    def post_weights(req: WeightsRequest) -> Any:
+        if req.version <= engine.version:
+            return _error(409, "version", f"engine already runs version {engine.version}")
+        if req.url is not None:
+            seconds = load_from_url(engine, req.url, req.version, req.checksum)
+        else:
+            b = req.broadcast
+            assert b is not None
+            receiver.join(b.host, b.port, b.rank, b.world_size, weight_backend)
+            seconds = receiver.load(b.manifest)
+        return WeightsState(version=engine.version, checksum=engine.checksum,
+                            updated_at=engine.updated_at, update_seconds=seconds)
+
+    def health() -> dict[str, Any]:
+        status = engine.health()
+        if rollouts is not None:
+            loop = rollouts.health()
+            status = {**status, "ok": status["ok"] and loop["ok"], "rollouts": loop}
+        return status
+
+    mount_observability(app, engine.metrics.registry, health)
+    return app
+
+
+def _prompts(engine: Engine, prompt: Any) -> list[list[int]]:
+    """OpenAI's four prompt forms as token-id lists; empty ones are refused by name."""
+    if isinstance(prompt, str):
+        items: list[Any] = [prompt]
+    elif prompt and all(isinstance(p, int) for p in prompt):
+        items = [prompt]
+    else:
+        items = list(prompt)
+    if not items:
+        raise InvalidRequest("prompt", "is empty")
+    out = []
+    for p in items:
+        ids = engine.encode(p) if isinstance(p, str) else [int(t) for t in p]
+        if not ids:
+            raise InvalidRequest("prompt", "is empty")
+        out.append(ids)
+    return out
+

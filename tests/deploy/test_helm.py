@@ -1,0 +1,203 @@
+"""The Helm chart: lints strictly and renders with every expected set of values; every rendered
+object validates against the Kubernetes schemas; the chart's promises hold in what it renders."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kubernetes_validate
+import pytest
+
+from tests.deploy.manifests import (
+    CHART,
+    KUBE_VERSIONS,
+    by_kind_name,
+    container_env,
+    containers,
+    helm_value_variants,
+    render,
+)
+
+VARIANTS = helm_value_variants()
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_lint_strict(variant: str) -> None:
+    import helm_python as helm
+
+    report = helm.lint(CHART, VARIANTS[variant], strict=True, namespace="ml")
+    assert not report["errors"], report
+    # severity 2 = warning, 3 = error; info (e.g. "icon is recommended") is allowed.
+    assert [m for m in report["messages"] if m["severity"] >= 2] == [], report
+
+
+@pytest.mark.parametrize("version", KUBE_VERSIONS)
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_every_object_validates_strictly(variant: str, version: str) -> None:
+    docs = render(VARIANTS[variant])
+    assert docs
+    for obj in docs:
+        try:
+            kubernetes_validate.validate(obj, version, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            pytest.fail(f"{obj['kind']}/{obj['metadata']['name']}: {exc.message} at {list(exc.path)}")
+
+
+def _objs(values: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
+    return by_kind_name(render(values))
+
+
+def _container(objs: dict[tuple[str, str], dict[str, Any]], kind: str, part: str) -> dict[str, Any]:
+    return next(containers(objs[(kind, f"demo-ringrl-{part}")]))
+
+
+WORKLOADS = {"rollout": "Deployment", "reward": "Deployment", "learner": "StatefulSet"}
+
+
+def test_default_objects() -> None:
+    objs = _objs({})
+    assert set(objs) == {
+        ("ConfigMap", "demo-ringrl-config"),
+        ("Service", "demo-ringrl-redis"), ("StatefulSet", "demo-ringrl-redis"),
+        ("Service", "demo-ringrl-rollout"), ("Deployment", "demo-ringrl-rollout"),
+        ("Service", "demo-ringrl-reward"), ("Deployment", "demo-ringrl-reward"),
+        ("Service", "demo-ringrl-learner"), ("StatefulSet", "demo-ringrl-learner"),
+    }
+    assert objs[("Deployment", "demo-ringrl-reward")]["spec"]["replicas"] == 2
+    learner = objs[("StatefulSet", "demo-ringrl-learner")]
+    (claim,) = learner["spec"]["volumeClaimTemplates"]
+    assert claim["spec"]["resources"]["requests"]["storage"] == "20Gi"
+    mounts = {m["name"]: m["mountPath"] for m in _container(objs, "StatefulSet", "learner")["volumeMounts"]}
+    assert mounts["data"] == "/data"
+    assert container_env(_container(objs, "StatefulSet", "learner"))["RINGRL_LEARNER__CHECKPOINT_DIR"] == "/data/checkpoints"
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_parts_probe_healthz_and_carry_resources(variant: str) -> None:
+    objs = _objs(VARIANTS[variant])
+    for part, kind in WORKLOADS.items():
+        c = _container(objs, kind, part)
+        assert c["args"] == ["serve", part, "/etc/ringrl/run.yaml"]
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            assert c[probe]["httpGet"] == {"path": "/healthz", "port": "http"}, (part, probe)
+        assert c["resources"]["requests"] and c["resources"]["limits"]
+        port = {p["name"]: p["containerPort"] for p in c["ports"]}["http"]
+        env = container_env(c)
+        served = env.get(f"RINGRL_{part.upper()}__PORT") or env.get(f"RINGRL_{part.upper()}__HTTP_PORT")
+        assert served == str(port), f"{part} serves on the port its probe uses"
+
+
+def test_scrape_annotations() -> None:
+    objs = _objs({})
+    expect = {"rollout": "8000", "reward": "9101", "learner": "8002"}
+    for part, kind in WORKLOADS.items():
+        ann = objs[(kind, f"demo-ringrl-{part}")]["spec"]["template"]["metadata"]["annotations"]
+        assert ann["prometheus.io/scrape"] == "true" and ann["prometheus.io/path"] == "/metrics"
+        assert ann["prometheus.io/port"] == expect[part]
+    objs = _objs(VARIANTS["no-scrape"])
+    for part, kind in WORKLOADS.items():
+        ann = objs[(kind, f"demo-ringrl-{part}")]["spec"]["template"]["metadata"]["annotations"]
+        assert "prometheus.io/scrape" not in ann
+
+
+def test_gpu_toggle() -> None:
+    cpu, gpu = _objs({}), _objs(VARIANTS["gpu"])
+    for part in ("rollout", "learner"):
+        kind = WORKLOADS[part]
+        assert "nvidia.com/gpu" not in _container(cpu, kind, part)["resources"]["limits"]
+        c = _container(gpu, kind, part)
+        assert c["resources"]["limits"]["nvidia.com/gpu"] == 1
+        assert c["image"] == "ringrl:gpu"
+        assert container_env(c)["RINGRL_LEARNER__BROADCAST_BACKEND"] == "nccl"
+    reward = _container(gpu, "Deployment", "reward")
+    assert reward["image"] == "ringrl:cpu" and "nvidia.com/gpu" not in reward["resources"]["limits"]
+    for objs, backend in ((cpu, "gloo"), (gpu, "nccl")):
+        env = container_env(_container(objs, "Deployment", "rollout"))
+        assert env["RINGRL_ROLLOUT__WEIGHT_BACKEND"] == env["RINGRL_LEARNER__BROADCAST_BACKEND"] == backend
+        assert env["RINGRL_ROLLOUT__FOLLOW_WEIGHTS"] == "true"
+
+
+def test_model_volume() -> None:
+    for objs, mounted in ((_objs({}), False), (_objs(VARIANTS["models"]), True)):
+        for part in ("rollout", "learner"):
+            c = _container(objs, WORKLOADS[part], part)
+            mounts = {m["name"]: m for m in c["volumeMounts"]}
+            assert ("models" in mounts) is mounted
+            if mounted:
+                assert mounts["models"] == {"name": "models", "mountPath": "/models", "readOnly": True}
+
+
+def test_weight_broadcast_world_size_follows_rollout_replicas() -> None:
+    off = container_env(_container(_objs({}), "StatefulSet", "learner"))
+    assert off["RINGRL_LEARNER__BROADCAST_WORLD_SIZE"] == "0"
+    on = _objs({"weightBroadcast": {"enabled": True}, "rollout": {"replicas": 3}})
+    for part, kind in WORKLOADS.items():
+        env = container_env(_container(on, kind, part))
+        assert env["RINGRL_LEARNER__BROADCAST_WORLD_SIZE"] == "4"
+        assert env["RINGRL_LEARNER__BROADCAST_HOST"] == "demo-ringrl-learner"
+        assert env["RINGRL_LEARNER__BROADCAST_PORT"] == "29500"
+    svc = on[("Service", "demo-ringrl-learner")]
+    assert svc["spec"]["clusterIP"] == "None"
+    assert {p["name"]: p["port"] for p in svc["spec"]["ports"]} == {"http": 8002, "rendezvous": 29500}
+
+
+def test_ports_are_values() -> None:
+    ports = {"rollout": 9000, "reward": 9001, "rewardWorkerMetrics": 9201, "learner": 9002,
+             "weightRendezvous": 39500}
+    objs = _objs({"ports": ports})
+    assert container_env(_container(objs, "Deployment", "rollout"))["RINGRL_ROLLOUT__PORT"] == "9000"
+    reward = container_env(_container(objs, "Deployment", "reward"))
+    assert (reward["RINGRL_REWARD__PORT"], reward["RINGRL_REWARD__METRICS_PORT"]) == ("9001", "9201")
+    learner = container_env(_container(objs, "StatefulSet", "learner"))
+    assert learner["RINGRL_LEARNER__HTTP_PORT"] == "9002"
+    assert learner["RINGRL_LEARNER__PUBLIC_URL"] == "http://demo-ringrl-learner:9002"
+    assert learner["RINGRL_LEARNER__BROADCAST_PORT"] == "39500"
+
+
+def test_security_contexts() -> None:
+    for variant, values in VARIANTS.items():
+        objs = _objs(values)
+        for part in ("rollout", "learner"):
+            obj = objs[(WORKLOADS[part], f"demo-ringrl-{part}")]
+            pod = obj["spec"]["template"]["spec"]["securityContext"]
+            assert pod["runAsNonRoot"] is True and pod["runAsUser"] == 10001, (variant, part)
+            c = _container(objs, WORKLOADS[part], part)["securityContext"]
+            assert c["allowPrivilegeEscalation"] is False and c["capabilities"]["drop"] == ["ALL"]
+    rlimit = _objs({})
+    c = _container(rlimit, "Deployment", "reward")
+    assert container_env(c)["RINGRL_REWARD__SANDBOX__BACKEND"] == "rlimit"
+    assert c["securityContext"]["capabilities"] == {"drop": ["ALL"], "add": ["SETUID", "SETGID", "KILL"]}
+    assert "privileged" not in c["securityContext"]
+    bwrap = _objs(VARIANTS["bwrap"])
+    c = _container(bwrap, "Deployment", "reward")
+    assert container_env(c)["RINGRL_REWARD__SANDBOX__BACKEND"] == "bwrap"
+    assert c["securityContext"]["privileged"] is True
+    pod = bwrap[("Deployment", "demo-ringrl-reward")]["spec"]["template"]["spec"]
+    assert pod["securityContext"]["seccompProfile"]["type"] == "Unconfined"
+
+
+def test_external_redis() -> None:
+    objs = _objs(VARIANTS["external-redis"])
+    assert not any(name.endswith("-redis") for _, name in objs)
+    for part, kind in WORKLOADS.items():
+        assert container_env(_container(objs, kind, part))["RINGRL_REDIS__URL"] == "redis://redis.infra:6379/3"
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"redis": {"enabled": False}}, "redis.externalUrl is required"),
+    ({"reward": {"sandbox": {"backend": "docker"}}}, "reward.sandbox.backend must be rlimit or bwrap"),
+])
+def test_bad_values_fail_with_the_value_named(values: dict[str, Any], message: str) -> None:
+    import helm_python as helm
+
+    with pytest.raises(helm.HelmError, match=message.replace(".", r"\.")):
+        render(values)
+
+
+def test_config_map_holds_the_run_config() -> None:
+    import yaml
+
+    cm = _objs({"runConfig": {"run": {"name": "exp7"}}})[("ConfigMap", "demo-ringrl-config")]
+    run = yaml.safe_load(cm["data"]["run.yaml"])
+    # A user's runConfig merges over the chart's defaults, as Helm merges values.
+    assert run["run"] == {"name": "exp7"} and run["reward"]["workers"] == 1

@@ -1,0 +1,126 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from actors.tasks import (TaskDataError, TasksConfig, build_tasks, load_jsonl, score_all, sft_examples,
+                          tokenizer_corpus)
+from actors.tasks.generators import linear_fn_item
+from protocol.schema import CodeReference, MathReference, TaskKind
+
+SMALL = TasksConfig(train_size=150, held_out_size=40)
+
+
+def test_tasks_are_deterministic_by_seed() -> None:
+    assert build_tasks(SMALL, "train") == build_tasks(SMALL, "train")
+    other = build_tasks(SMALL.model_copy(update={"seed": 7}), "train")
+    assert [it.id for it in other] != [it.id for it in build_tasks(SMALL, "train")]
+
+
+@pytest.mark.parametrize("seeds", [(0, 0), (0, 1), (3, 11)])
+def test_train_and_held_out_never_share_content(seeds: tuple[int, int]) -> None:
+    train = build_tasks(SMALL.model_copy(update={"seed": seeds[0]}), "train")
+    held = build_tasks(SMALL.model_copy(update={"seed": seeds[1]}), "held_out")
+    assert train and held
+    assert not {(it.source, it.question) for it in train} & {(it.source, it.question) for it in held}
+    assert len({it.id for it in held}) == len(held)
+
+
+def test_every_source_present_with_short_prompts() -> None:
+    held = build_tasks(SMALL, "held_out")
+    assert {it.source for it in held} == {"chain_sum", "leg_counting", "linear_fn"}
+    assert {it.task for it in build_tasks(SMALL, "held_out", TaskKind.code)} == {TaskKind.code}
+    assert max(len(it.prompt) + len(it.solution or "") for it in held) < 200
+
+
+def test_teacher_solutions_score_correct_and_wrong_ones_do_not() -> None:
+    items = build_tasks(SMALL, "held_out")
+    assert all(score_all(items, [it.solution or "" for it in items]))
+    wrong = []
+    for it in items:
+        if isinstance(it.reference, MathReference):
+            wrong.append(f"\\boxed{{{int(it.reference.answer) + 1}}}")
+        else:
+            wrong.append((it.solution or "").replace("return", "return 1 +"))
+    assert not any(score_all(items, wrong))
+
+
+def test_code_check_runs_the_function_on_hidden_inputs() -> None:
+    item = linear_fn_item(2, -3)
+    assert item.question == "Write f with f(0)=-3, f(1)=-1, f(2)=1."
+    table = "```python\ndef f(x):\n    return {0: -3, 1: -1, 2: 1}[x]\n```"
+    assert score_all([item, item], [item.solution or "", table]) == [True, False]
+    assert score_all([item], ["```python\nwhile True: pass\n```"]) == [False]
+
+
+def test_tokenizer_corpus_covers_prompts_and_solutions() -> None:
+    corpus = tokenizer_corpus(SMALL)
+    text = "".join(corpus)
+    assert "\\boxed{" in text and "def f(x):" in text and "Question:" in text
+
+
+def test_sft_examples_balance_small_sources() -> None:
+    items = build_tasks(TasksConfig(train_size=400), "train")
+    pairs = sft_examples(items)
+    code = [p for p in pairs if "def f" in p[1]]
+    assert len(code) == len(pairs) // 3
+
+
+def _write(tmp_path: Path, lines: list[object]) -> Path:
+    p = tmp_path / "data.jsonl"
+    p.write_text("".join((x if isinstance(x, str) else json.dumps(x)) + "\n" for x in lines))
+    return p
+
+
+def test_jsonl_loads_math_and_both_code_forms(tmp_path: Path) -> None:
+    p = _write(tmp_path, [
+        {"prompt": "What is 2+2?", "task": "math", "answer": "4", "solution": "\\boxed{4}"},
+        {"prompt": "Echo a number.", "task": "code", "tests": [{"stdin": "5\n", "stdout": "5\n"}],
+         "solution": "```python\nprint(input())\n```"},
+        "",
+        {"prompt": "Write g.", "task": "code", "test_code": "def check(c):\n    assert c(1) == 2\n",
+         "entry_point": "g", "solution": "```python\ndef g(x):\n    return 2 * x\n```"},
+    ])
+    items = load_jsonl(p)
+    assert [it.task for it in items] == [TaskKind.math, TaskKind.code, TaskKind.code]
+    assert isinstance(items[1].reference, CodeReference) and items[1].reference.io_tests[0].stdout == "5\n"
+    assert all(score_all(items, [it.solution or "" for it in items]))
+    assert score_all(items[1:2], ["```python\nprint(6)\n```"]) == [False]
+
+
+@pytest.mark.parametrize("line, expected", [
+    ("{not json", ":2: not valid JSON"),
+    ("[1, 2]", ":2: expected a JSON object"),
+    ({"prompt": "q", "task": "math"}, ":2: answer: required for a math task"),
+    ({"prompt": "q", "task": "chem", "answer": "1"}, ":2: task:"),
+    ({"prompt": "q", "task": "math", "answer": "1", "hint": "x"}, ":2: hint: unknown field"),
+    ({"prompt": "q", "task": "code"}, ":2: tests: a code task needs"),
+    ({"prompt": "q", "task": "code", "test_code": "def check(c): pass"}, ":2: entry_point: required"),
+    ({"prompt": "q", "task": "code", "tests": [{"stdin": "1"}]}, ":2: tests.0.stdout:"),
+    ({"task": "math", "answer": "1"}, ":2: prompt:"),
+])
+def test_jsonl_errors_name_line_and_field(tmp_path: Path, line: object, expected: str) -> None:
+    p = _write(tmp_path, [{"prompt": "ok", "task": "math", "answer": "1"}, line])
+    with pytest.raises(TaskDataError) as err:
+        load_jsonl(p)
+    message = str(err.value)
+    assert expected in message and "\n" not in message
+
+
+def test_jsonl_missing_and_empty_files(tmp_path: Path) -> None:
+    with pytest.raises(TaskDataError, match="not found"):
+        load_jsonl(tmp_path / "nope.jsonl")
+    with pytest.raises(TaskDataError, match="no task items"):
+        load_jsonl(_write(tmp_path, [""]))
+
+
+def test_user_held_out_items_are_removed_from_train(tmp_path: Path) -> None:
+    shared = {"prompt": "What is 1 + 1?", "task": "math", "answer": "2"}
+    train = _write(tmp_path, [shared, {"prompt": "What is 2 + 5?", "task": "math", "answer": "7"}])
+    held = tmp_path / "held.jsonl"
+    held.write_text(json.dumps(shared) + "\n")
+    cfg = TasksConfig(sources=[], train_files=[str(train)], held_out_files=[str(held)])
+    assert [it.question for it in build_tasks(cfg, "train")] == ["What is 2 + 5?"]
+    assert [it.question for it in build_tasks(cfg, "held_out")] == ["What is 1 + 1?"]
