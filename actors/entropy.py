@@ -46,7 +46,8 @@ class Sample:
 def load_policy(path: str | Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     tok = AutoTokenizer.from_pretrained(path)
     tok.padding_side = "left"
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    # Eager experts decode ~2x faster than grouped_mm on CPU for tiny MoEs (measured here).
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, experts_implementation="eager")
     model.eval()
     return model, tok
 
@@ -63,9 +64,11 @@ def sample(model: PreTrainedModel, tok: PreTrainedTokenizerBase, prompts: Sequen
     for start in range(0, len(prompts), batch_size):
         chunk = list(prompts[start:start + batch_size])
         enc = tok(chunk, return_tensors="pt", padding=True, add_special_tokens=False)
+        # top_k=0 / top_p=1 switch off transformers' default top-k 50: sample the full distribution.
+        knobs = {"do_sample": False} if greedy else {"do_sample": True, "temperature": temperature, "top_k": 0,
+                                                     "top_p": 1.0, "num_return_sequences": n}
         gen = model.generate(
-            **enc, do_sample=not greedy, temperature=None if greedy else temperature, top_k=0, top_p=1.0,
-            num_return_sequences=1 if greedy else n, max_new_tokens=max_new_tokens,
+            **enc, **knobs, max_new_tokens=max_new_tokens,
             eos_token_id=tok.eos_token_id, pad_token_id=pad_id, return_dict_in_generate=True,
             output_logits=True, output_router_logits=False)
         new = gen.sequences[:, enc["input_ids"].shape[1]:]

@@ -67,6 +67,21 @@ def plan_microbatches(pieces: list[Piece], max_tokens: int) -> list[list[int]]:
     return plans
 
 
+def plan_buckets(pieces: list[Piece], max_tokens: int) -> list[list[int]]:
+    """Length-bucketed: sequences sorted by length, each micro-batch padded to its longest, at
+    most max_tokens padded tokens. Near-zero padding, and attention stays per sequence (a packed
+    row's sdpa cost grows with the square of the row, which dominates on small models)."""
+    order = sorted(range(len(pieces)), key=lambda i: (len(pieces[i].prompt_ids) + pieces[i].end, i))
+    plans: list[list[int]] = []
+    for i in order:
+        n = len(pieces[i].prompt_ids) + pieces[i].end
+        if plans and n * (len(plans[-1]) + 1) <= max_tokens:  # sorted: n is the new longest
+            plans[-1].append(i)
+        else:
+            plans.append([i])
+    return plans
+
+
 def _loss_fields(step: Step, idx: list[int], offsets: list[int]) -> dict[str, torch.Tensor]:
     logit_index, targets, beh, adv, w, sid = [], [], [], [], [], []
     for i, off in zip(idx, offsets):
@@ -109,9 +124,18 @@ def pad(step: Step, idx: list[int], pad_id: int = 0) -> MicroBatch:
     return MicroBatch(ids, pos, mask, **_loss_fields(step, idx, [r * width for r in range(len(seqs))]))
 
 
+LAYOUTS = ("packed", "bucketed", "padded")
+
+
 def microbatches(step: Step, max_tokens: int, layout: str = "packed", rank: int = 0,
                  world_size: int = 1) -> list[MicroBatch]:
-    """This rank's micro-batches of the step (round-robin over the shared plan)."""
+    """This rank's micro-batches of the step (round-robin over the shared plan).
+
+    packed: arrival order, concatenated rows; bucketed: sorted by length, padded per bucket;
+    padded: arrival order, padded rows (the naive baseline).
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     build = pack if layout == "packed" else pad
-    plans = plan_microbatches(step.pieces, max_tokens)
+    plans = (plan_buckets if layout == "bucketed" else plan_microbatches)(step.pieces, max_tokens)
     return [build(step, idx) for k, idx in enumerate(plans) if k % world_size == rank]

@@ -113,7 +113,8 @@ def train_sft(cfg: SFTConfig, examples: Sequence[tuple[str, str]],
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
     tok = AutoTokenizer.from_pretrained(cfg.init_model)
-    model = AutoModelForCausalLM.from_pretrained(cfg.init_model, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(cfg.init_model, dtype=torch.float32,
+                                                 experts_implementation=cfg.experts_implementation)
     model.train()
     data = _encode(tok, examples, cfg.max_length)
     if not data:
@@ -138,7 +139,8 @@ def train_sft(cfg: SFTConfig, examples: Sequence[tuple[str, str]],
     def save() -> None:
         ckpt = save_checkpoint(model, tok, out, step, trained_s / 60, ema)
         saved.append(ckpt)
-        console.print(f"sft checkpoint step {step} at {ckpt.minutes:.2f} min (loss {ema:.3f}) -> {ckpt.path}")
+        console.print(f"sft checkpoint step {step} at {ckpt.minutes:.2f} min (loss {ema:.3f}) -> {ckpt.path}",
+                      soft_wrap=True)
         if on_checkpoint is not None:
             model.eval()
             on_checkpoint(ckpt)

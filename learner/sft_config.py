@@ -31,5 +31,8 @@ class SFTConfig(Section):
         default=32, gt=0,
         description="Length bucketing: each window of this many batches is sorted by length before batching.")
     log_every_steps: int = Field(default=50, gt=0, description="One summary line every this many steps.")
+    experts_implementation: Literal["eager", "grouped_mm", "batched_mm"] = Field(
+        default="eager",
+        description="transformers MoE experts kernel; eager is fastest on CPU for tiny models (STACK-NOTES).")
     threads: int = Field(default=0, ge=0, description="torch intra-op threads (0: torch's default).")
     seed: int = Field(default=0, description="Seed for data order and dropout.")

@@ -65,7 +65,7 @@ class Learner:
         self.version = 0
         """Policy version of the current weights: the number of optimiser steps applied."""
         self.rank, self.world_size = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-        self.layout = "packed"
+        self.layout = cfg.layout
 
     # --- one micro-batch --------------------------------------------------------------------
     def _forward(self, mb: MicroBatch) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
@@ -103,6 +103,7 @@ class Learner:
             z = L.router_z_sum(router, mask) / step_input_tokens
             total = total + cfg.load_balance_coef * lb + cfg.router_z_coef * z
         mismatch = (logp.detach() - beh).abs()
+        pg, ent, lb, z = (t.detach() for t in (pg, ent, lb, z))
         sums = {"pg_loss": float(pg), "entropy_loss": float(ent), "lb_loss": float(lb), "z_loss": float(z),
                 "entropy_sum": float(entropy.detach().sum()), "tokens": float(mb.num_tokens),
                 "clipped": float(clipped.sum()), "mismatch_sum": float(mismatch.sum()),

@@ -294,7 +294,9 @@ class Engine:
         self._engine = llm.llm_engine
         self._tokenizer = llm.get_tokenizer()
         self._max_model_len = llm.llm_engine.model_config.max_model_len
-        self._vocab_size = llm.llm_engine.model_config.get_vocab_size()
+        # vLLM checks prompt ids against the tokenizer, whose vocabulary may be below the
+        # model's (padded) embedding size.
+        self._vocab_size = min(len(self._tokenizer), llm.llm_engine.model_config.get_vocab_size())
         return llm
 
     def _loop(self) -> None:
@@ -331,8 +333,14 @@ class Engine:
     def _add(self, req: _Request) -> None:
         req.version = self._version
         rid = f"r{next(self._ids)}"
+        from vllm.exceptions import VLLMClientError
+
+        try:
+            self._engine.add_request(rid, {"prompt_token_ids": req.prompt}, req.params)
+        except (ValueError, VLLMClientError) as exc:  # vLLM's input checks: fail the request only
+            req.on_error(InvalidRequest("prompt", str(exc)))
+            return
         self._requests[rid] = req
-        self._engine.add_request(rid, {"prompt_token_ids": req.prompt}, req.params)
         self.metrics.in_flight.set(len(self._requests))
 
     def _step(self) -> None:

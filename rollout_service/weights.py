@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterator
 
 import httpx
+import redis
 import torch
 from safetensors.torch import load as load_safetensors
 
 from protocol.weight_transfer import Manifest, WeightGroup, create_group, receive, verify
+from protocol.streams import RunKeys
 from protocol.weights import WeightVersion, checksum_tensors
 from rollout_service.engine import Engine
 
@@ -81,3 +84,37 @@ class BroadcastReceiver:
             verify(received, manifest)  # raises inside the load: the engine is marked unhealthy
 
         return self.engine.update_weights(tensors, manifest.version, manifest.checksum)
+
+
+def follow_weights(engine: Engine, client: redis.Redis, keys: RunKeys) -> threading.Thread:
+    """Pull every version the learner publishes (and the current one, for a late joiner).
+
+    The learner writes the WeightVersion record to the `keys.weights` hash and PUBLISHes on the
+    channel of the same name; the message is only a wake-up, the hash is the truth.
+    """
+    log = logging.getLogger("ringrl.rollout.weights")
+    pubsub = client.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(keys.weights)
+
+    def catch_up() -> None:
+        raw = client.hgetall(keys.weights)
+        if not raw:
+            return
+        record = WeightVersion.from_redis(raw)
+        if record.version > engine.version:
+            seconds = load_published(engine, record)
+            log.info("loaded weight version %d in %.2fs", record.version, seconds)
+
+    def run() -> None:
+        while True:
+            try:
+                catch_up()
+            except WeightError as exc:  # a bad publication: report, keep serving the old version
+                log.error("weight version not loaded: %s", exc)
+            if engine.error is not None:
+                return
+            pubsub.get_message(timeout=5.0)
+
+    thread = threading.Thread(target=run, daemon=True, name="rollout-follow-weights")
+    thread.start()
+    return thread

@@ -42,6 +42,10 @@ class LearnerConfig(Section):
         default=8192, gt=0,
         description="Input tokens (prompt + response) packed into one forward; a longer sequence "
                     "gets a micro-batch of its own.")
+    layout: Literal["bucketed", "packed", "padded"] = Field(
+        default="bucketed",
+        description="Micro-batch layout: bucketed (sorted by length, padded per bucket; fastest on "
+                    "CPU), packed (concatenated rows, position ids restart), padded (naive).")
     # --- loss -----------------------------------------------------------------------------
     clip_low: float = Field(default=0.2, ge=0, description="PPO ratio lower clip: 1 - clip_low.")
     clip_high: float = Field(default=0.28, ge=0, description="PPO ratio upper clip: 1 + clip_high.")

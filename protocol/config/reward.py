@@ -8,10 +8,12 @@ from protocol.config.base import Section
 
 
 class SandboxConfig(Section):
-    backend: Literal["bwrap", "rlimit"] = Field(
-        default="bwrap",
-        description="bwrap: namespaces (needs user namespaces); rlimit: setuid + rlimits + seccomp "
-                    "fallback for containers that forbid namespaces. See docs/reward.md.")
+    backend: Literal["warm", "bwrap", "rlimit"] = Field(
+        default="warm",
+        description="warm: one long-lived bwrap sandbox per slot whose fork server forks each "
+                    "program (fastest); bwrap: a fresh bwrap per program; both need user "
+                    "namespaces. rlimit: setuid + rlimits + seccomp fallback for containers that "
+                    "forbid namespaces. See docs/reward.md.")
     python: str = Field(
         default="/usr/bin/python3",
         description="Interpreter that runs programs; must be readable by an unprivileged uid.")
@@ -20,7 +22,7 @@ class SandboxConfig(Section):
     memory_mb: int = Field(default=512, gt=0, description="Address-space limit per process (RLIMIT_AS).")
     nproc: int = Field(default=8, gt=0, description="Processes/threads per sandbox (RLIMIT_NPROC).")
     file_size_mb: int = Field(default=8, gt=0, description="Largest file a program may write (RLIMIT_FSIZE).")
-    tmpfs_mb: int = Field(default=16, gt=0, description="Size of the private /tmp (bwrap backend).")
+    tmpfs_mb: int = Field(default=16, gt=0, description="Size of the private /tmp (warm and bwrap backends).")
     output_bytes: int = Field(
         default=1 << 20, gt=0,
         description="Output captured per stream; a program printing more is cut and killed.")

@@ -1,15 +1,18 @@
-"""Run untrusted Python programs under a selectable backend (bwrap or rlimit fallback)."""
+"""Run untrusted Python programs under a selectable backend: warm (pre-forked bwrap), bwrap, rlimit."""
 
 from __future__ import annotations
 
+import os
 import queue
 import secrets
 import threading
 
 from protocol.config.reward import SandboxConfig
-from reward_service.sandbox import bwrap, rlimit
+from reward_service.sandbox import bwrap, rlimit, syscalls, warm
 from reward_service.sandbox.capture import Completed, run_capped
 from reward_service.sandbox.harness import header
+
+_BACKENDS = {"warm": warm, "bwrap": bwrap, "rlimit": rlimit}
 
 
 class SandboxUnavailable(RuntimeError):
@@ -20,20 +23,29 @@ class Sandbox:
     """Runs programs, at most `slots` at once, each slot under its own host uid.
 
     One uid per slot keeps RLIMIT_NPROC (counted per uid) per program, and lets the rlimit
-    backend end stray processes by uid without touching another program's.
+    backend end stray processes by uid without touching another program's. The warm backend
+    keeps one sandbox per slot running between programs; call close() to end them (they also
+    die with this process).
     """
 
     def __init__(self, cfg: SandboxConfig, slots: int, uid_offset: int = 0) -> None:
-        backend = bwrap if cfg.backend == "bwrap" else rlimit
-        why = backend.available()
+        why = _BACKENDS[cfg.backend].available()
         if why:
             raise SandboxUnavailable(f"sandbox backend {cfg.backend!r}: {why}")
         self.cfg = cfg
         self.kills = 0
         self._lock = threading.Lock()
-        self._uids: queue.Queue[int] = queue.Queue()
+        self._free: queue.Queue[int] = queue.Queue()
+        self._warm: dict[int, warm.Slot] = {}
         for i in range(slots):
-            self._uids.put(cfg.uid_base + uid_offset + i)
+            uid = cfg.uid_base + uid_offset + i
+            if cfg.backend == "warm":
+                try:
+                    self._warm[uid] = warm.start(cfg, uid)
+                except (warm.StartError, OSError) as e:
+                    self.close()
+                    raise SandboxUnavailable(f"sandbox backend 'warm': {e}".strip()) from e
+            self._free.put(uid)
 
     def run(self, program: str, stdin: bytes = b"", test_code: str = "",
             entry_point: str = "") -> tuple[Completed, str]:
@@ -44,18 +56,60 @@ class Sandbox:
         src, test = program.encode(errors="replace"), test_code.encode(errors="replace")
         head = header("call" if test_code else "io", nonce, src, test, entry_point, cfg.cpu_s,
                       cfg.memory_mb << 20, cfg.file_size_mb << 20, cfg.nproc)
-        uid = self._uids.get()
+        payload = head + src + test + stdin
+        uid = self._free.get()
         try:
-            if cfg.backend == "bwrap":
-                argv, popen = bwrap.command(cfg, uid)
-                after = None
+            if cfg.backend == "warm":
+                done, killed = self._run_warm(uid, payload)
             else:
-                argv, popen, after = rlimit.command(cfg, uid)
-            done = run_capped(argv, head + src + test + stdin, cfg.wall_s, cfg.output_bytes,
-                              after_exit=after, **popen)
+                done, killed = self._run_cold(uid, payload)
         finally:
-            self._uids.put(uid)
-        if done.timed_out or done.overflow:
+            self._free.put(uid)
+        if killed:
             with self._lock:
                 self.kills += 1
         return done, nonce
+
+    def _run_cold(self, uid: int, payload: bytes) -> tuple[Completed, bool]:
+        cfg = self.cfg
+        if cfg.backend == "bwrap":
+            seccomp_fd = syscalls.bpf_fd()
+            try:
+                argv, popen = bwrap.command(cfg, uid, seccomp_fd)
+                done = run_capped(argv, payload, cfg.wall_s, cfg.output_bytes, **popen)
+            finally:
+                os.close(seccomp_fd)
+        else:
+            argv, popen, after = rlimit.command(cfg, uid)
+            done = run_capped(argv, payload, cfg.wall_s, cfg.output_bytes, after_exit=after, **popen)
+        return done, done.timed_out or done.overflow
+
+    def _run_warm(self, uid: int, payload: bytes) -> tuple[Completed, bool]:
+        slot = self._warm.get(uid)
+        if slot is None or slot.proc.poll() is not None:
+            slot = self._restart(uid)
+        done, fit, left = warm.run(slot, payload, self.cfg.wall_s, self.cfg.output_bytes)
+        if not fit:
+            try:
+                self._restart(uid)  # replaced now, so the next program does not wait for it
+            except (warm.StartError, OSError):
+                pass  # this run's verdict stands; the next run on this slot tries again
+        return done, not fit or left > 0
+
+    def _restart(self, uid: int) -> warm.Slot:
+        old = self._warm.pop(uid, None)
+        if old is not None:
+            warm.stop(old)
+        slot = warm.start(self.cfg, uid)
+        self._warm[uid] = slot
+        return slot
+
+    def resident_pids(self) -> set[int]:
+        """Host pids of the warm sandboxes themselves (bwrap and each fork server): the only
+        processes of the slot uids that may exist between runs."""
+        return {pid for slot in list(self._warm.values()) for pid in slot.pids}
+
+    def close(self) -> None:
+        while self._warm:
+            _, slot = self._warm.popitem()
+            warm.stop(slot)

@@ -1,7 +1,7 @@
-"""Run a process with a wall-clock deadline and bounded output capture.
+"""Feed a program its stdin and capture its output with a deadline and a size cap.
 
-Output is read incrementally; a stream that passes its cap is cut there and the whole process
-group is killed, so a program printing forever costs at most `max_bytes` of memory.
+Output is read incrementally; a stream that passes its cap is cut there and the caller kills
+the program, so a program printing forever costs at most `max_bytes` of memory.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import selectors
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +26,78 @@ class Completed:
     wall_s: float
 
 
+@dataclass
+class Pumped:
+    stdout: bytes
+    stderr: bytes
+    timed_out: bool
+    overflow: bool
+
+
+def pump(stdin_fd: int, out_fd: int, err_fd: int, data: bytes, deadline: float, max_bytes: int,
+         on_idle: Callable[[], None] | None = None,
+         readers: Mapping[int, Callable[[], bool]] | None = None) -> Pumped:
+    """Write `data` to `stdin_fd` (closed once written; it is the only fd this closes) and read
+    the two outputs until both reach EOF and every `readers[fd]()` has returned True (called
+    when its fd is readable; True means done) — or the deadline passes, or an output passes
+    `max_bytes`. `on_idle` runs when nothing happened for 50 ms."""
+    out, err = bytearray(), bytearray()
+    bufs = {out_fd: out, err_fd: err}
+    extra = dict(readers or {})
+    sel = selectors.DefaultSelector()
+    for fd in (stdin_fd, out_fd, err_fd):
+        os.set_blocking(fd, False)
+    for fd in (out_fd, err_fd, *extra):
+        sel.register(fd, selectors.EVENT_READ)
+    pending = memoryview(data)
+    stdin_open = True
+    if pending:
+        sel.register(stdin_fd, selectors.EVENT_WRITE)
+    else:
+        os.close(stdin_fd)
+        stdin_open = False
+    timed_out = overflow = False
+    try:
+        while sel.get_map() and not overflow:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                timed_out = True
+                break
+            events = sel.select(min(remaining, 0.05))
+            if not events and on_idle is not None:
+                on_idle()
+            for key, _ in events:
+                fd = key.fd
+                if fd == stdin_fd:
+                    try:
+                        pending = pending[os.write(fd, pending[:65536]):]
+                    except BrokenPipeError:
+                        pending = pending[:0]
+                    if not pending:
+                        sel.unregister(fd)
+                        os.close(fd)
+                        stdin_open = False
+                elif fd in extra:
+                    if extra[fd]():
+                        sel.unregister(fd)
+                else:
+                    chunk = os.read(fd, 65536)
+                    if not chunk:
+                        sel.unregister(fd)
+                        continue
+                    buf = bufs[fd]
+                    room = max_bytes - len(buf)
+                    buf += chunk[:room]
+                    if len(chunk) > room:
+                        overflow = True
+                        break
+    finally:
+        sel.close()
+        if stdin_open:
+            os.close(stdin_fd)
+    return Pumped(bytes(out), bytes(err), timed_out, overflow)
+
+
 def _kill_group(pid: int) -> None:
     try:
         os.killpg(pid, signal.SIGKILL)
@@ -35,26 +107,23 @@ def _kill_group(pid: int) -> None:
 
 def run_capped(argv: Sequence[str], stdin: bytes, wall_s: float, max_bytes: int,
                after_exit: Callable[[], None] | None = None, **popen: Any) -> Completed:
-    """`after_exit` runs once the main process is gone (or killed): it must end any process the
-    program left behind, so the pipes reach EOF."""
+    """Run a fresh process (new session). `after_exit` runs once the main process is gone (or
+    killed): it must end any process the program left behind, so the pipes reach EOF."""
     start = time.monotonic()
-    deadline = start + wall_s
-    proc = subprocess.Popen(list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, start_new_session=True, **popen)
-    assert proc.stdin and proc.stdout and proc.stderr
-    out, err = bytearray(), bytearray()
-    bufs = {proc.stdout.fileno(): out, proc.stderr.fileno(): err}
-    sel = selectors.DefaultSelector()
-    for f in (proc.stdin, proc.stdout, proc.stderr):
-        os.set_blocking(f.fileno(), False)
-    sel.register(proc.stdout, selectors.EVENT_READ)
-    sel.register(proc.stderr, selectors.EVENT_READ)
-    pending = memoryview(stdin)
-    if pending:
-        sel.register(proc.stdin, selectors.EVENT_WRITE)
-    else:
-        proc.stdin.close()
-    timed_out = overflow = cleaned = False
+    in_r, in_w = os.pipe()
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    try:
+        proc = subprocess.Popen(list(argv), stdin=in_r, stdout=out_w, stderr=err_w,
+                                start_new_session=True, **popen)
+    except BaseException:
+        for fd in (in_w, out_r, err_r):
+            os.close(fd)
+        raise
+    finally:
+        for fd in (in_r, out_w, err_w):
+            os.close(fd)
+    cleaned = False
 
     def cleanup() -> None:
         nonlocal cleaned
@@ -62,47 +131,19 @@ def run_capped(argv: Sequence[str], stdin: bytes, wall_s: float, max_bytes: int,
             after_exit()
         cleaned = True
 
+    def idle() -> None:
+        if proc.poll() is not None:
+            cleanup()  # the main process is gone; end anything it left holding the pipes
+
+    got = None
     try:
-        while sel.get_map():
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                timed_out = True
-                break
-            events = sel.select(min(remaining, 0.05))
-            if not events and proc.poll() is not None:
-                cleanup()  # the main process is gone; end anything it left holding the pipes
-            for key, _ in events:
-                f = key.fileobj
-                if f is proc.stdin:
-                    try:
-                        n = os.write(proc.stdin.fileno(), pending[:65536])
-                        pending = pending[n:]
-                    except BrokenPipeError:
-                        pending = pending[:0]
-                    if not pending:
-                        sel.unregister(proc.stdin)
-                        proc.stdin.close()
-                    continue
-                fd = f.fileno()  # type: ignore[union-attr]
-                chunk = os.read(fd, 65536)
-                if not chunk:
-                    sel.unregister(f)
-                    continue
-                buf = bufs[fd]
-                room = max_bytes - len(buf)
-                buf += chunk[:room]
-                if len(chunk) > room:
-                    overflow = True
-                    break
-            if overflow:
-                break
+        got = pump(in_w, out_r, err_r, stdin, start + wall_s, max_bytes, on_idle=idle)
     finally:
-        if timed_out or overflow or proc.poll() is None:
+        if got is None or got.timed_out or got.overflow or proc.poll() is None:
             _kill_group(proc.pid)
         proc.wait()
         cleanup()
-        sel.close()
-        for f in (proc.stdin, proc.stdout, proc.stderr):
-            f.close()
-    return Completed(proc.returncode, bytes(out), bytes(err), timed_out, overflow,
+        os.close(out_r)
+        os.close(err_r)
+    return Completed(proc.returncode, got.stdout, got.stderr, got.timed_out, got.overflow,
                      time.monotonic() - start)

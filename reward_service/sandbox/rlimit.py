@@ -22,6 +22,7 @@ from reward_service.sandbox.harness import HARNESS
 def available() -> str | None:
     return None if os.geteuid() == 0 else "the rlimit backend must start as root to setuid"
 
+
 def _confine(cfg: SandboxConfig, uid: int) -> Callable[[], None]:
     limits = ((resource.RLIMIT_CPU, cfg.cpu_s, cfg.cpu_s + 1),
               (resource.RLIMIT_AS, cfg.memory_mb << 20, cfg.memory_mb << 20),

@@ -59,6 +59,7 @@ def test_loss_and_gradient_match_float64_reference(moe_path: Path) -> None:
     cfg = LearnerConfig(token_budget=150, max_tokens_per_microbatch=120, entropy_coef=0.01)
     learner = Learner(cfg, str(moe_path))
     learner.model.double()
+    learner.layout = "packed"
     step = _step(cfg)
     got, grads = _loss_and_grads(learner, step, cfg.max_tokens_per_microbatch)
     learner.model.zero_grad(set_to_none=True)
@@ -70,7 +71,7 @@ def test_loss_and_gradient_match_float64_reference(moe_path: Path) -> None:
             torch.testing.assert_close(grads[n], p.grad, atol=1e-10, rtol=1e-8, msg=n)
 
 
-@pytest.mark.parametrize("layout", ["packed", "padded"])
+@pytest.mark.parametrize("layout", ["packed", "bucketed", "padded"])
 def test_invariant_to_microbatch_split(moe_path: Path, layout: str) -> None:
     cfg = LearnerConfig(token_budget=150, entropy_coef=0.01, router_z_coef=0.1)
     learner = Learner(cfg, str(moe_path))
@@ -90,6 +91,7 @@ def test_packed_equals_padded(moe_path: Path) -> None:
     cfg = LearnerConfig(token_budget=150, entropy_coef=0.01)
     learner = Learner(cfg, str(moe_path))
     learner.model.double()
+    learner.layout = "packed"
     step = _step(cfg, seed=2)
     packed, gp = _loss_and_grads(learner, step, 10_000)
     learner.layout = "padded"

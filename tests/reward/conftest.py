@@ -7,10 +7,10 @@ import pytest
 from protocol.config.reward import RewardConfig, SandboxConfig
 from reward_service.scorer import Scorer
 
-BACKENDS = ["bwrap", "rlimit"]
+BACKENDS = ["warm", "bwrap", "rlimit"]
 
 
-def reward_config(backend: str = "bwrap", **sandbox: object) -> RewardConfig:
+def reward_config(backend: str = "warm", **sandbox: object) -> RewardConfig:
     sb = {"backend": backend, "wall_s": 3.0, "cpu_s": 2, **sandbox}
     return RewardConfig(math_workers=2, math_timeout_s=3.0, code_concurrency=2,
                         sandbox=SandboxConfig(**sb))
@@ -21,10 +21,12 @@ def scorer(request: pytest.FixtureRequest) -> Iterator[Scorer]:
     s = Scorer(reward_config(request.param), uid_offset=100)
     yield s
     s.close()
+    s.sandbox.close()  # the warm backend's sandboxes outlive Scorer.close() until process exit
 
 
 @pytest.fixture(scope="session")
-def bwrap_scorer() -> Iterator[Scorer]:
-    s = Scorer(reward_config("bwrap"), uid_offset=200)
+def default_scorer() -> Iterator[Scorer]:
+    s = Scorer(reward_config(), uid_offset=300)
     yield s
     s.close()
+    s.sandbox.close()

@@ -32,6 +32,19 @@ def _processes_matching(marker: str) -> list[int]:
     return found
 
 
+def _live_pids() -> set[int]:
+    """Processes that exist and are not zombies."""
+    found = set()
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if ") Z" not in (d / "stat").read_text():
+                    found.add(int(d.name))
+            except OSError:
+                pass
+    return found
+
+
 def _live_processes_of_uids(uids: range) -> list[int]:
     found = []
     for d in Path("/proc").iterdir():
@@ -45,18 +58,18 @@ def _live_processes_of_uids(uids: range) -> list[int]:
     return found
 
 
-def _processes_of_uids(uids: range) -> list[int]:
-    """Live processes left by the sandbox slots. A killed sandbox's namespace is torn down by
-    the kernel asynchronously, so allow it a moment (this bounds a wait, not a speed)."""
-    deadline = time.monotonic() + 5
-    while (found := _live_processes_of_uids(uids)) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return found
-
-
-def _slot_uids(scorer: Scorer) -> range:
+def _left_behind(scorer: Scorer) -> list[int]:
+    """Live processes of the sandbox slot uids other than the warm sandboxes themselves (bwrap
+    and the fork server). A killed sandbox's namespace is torn down by the kernel
+    asynchronously, so allow it a moment (this bounds a wait, not a speed)."""
     base = scorer.cfg.sandbox.uid_base + 100
-    return range(base, base + scorer.cfg.code_concurrency)
+    uids = range(base, base + scorer.cfg.code_concurrency)
+    deadline = time.monotonic() + 5
+    while True:
+        found = sorted(set(_live_processes_of_uids(uids)) - scorer.sandbox.resident_pids())
+        if not found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.05)
 
 
 def _still_answers(scorer: Scorer) -> None:
@@ -75,7 +88,7 @@ def _still_answers(scorer: Scorer) -> None:
 def test_resource_attacks_are_cut(scorer: Scorer, program: str, statuses: set[S]) -> None:
     verdict = check_program(scorer.sandbox, program, ONLY_OK)
     assert verdict.status in statuses, verdict
-    assert _processes_of_uids(_slot_uids(scorer)) == []
+    assert _left_behind(scorer) == []
     _still_answers(scorer)
 
 
@@ -148,7 +161,12 @@ def test_host_secrets_do_not_leak(scorer: Scorer, monkeypatch: pytest.MonkeyPatc
 
 
 def test_killing_the_parent_does_not_hurt_the_service(scorer: Scorer) -> None:
-    program = "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\nos.kill(-1, signal.SIGKILL)\n"
+    # pid 1 is the warm backend's fork server (or bwrap's init, or the host's init for rlimit).
+    program = ("import os, signal\n"
+               "for sig in (signal.SIGSTOP, signal.SIGINT, signal.SIGTERM, signal.SIGKILL):\n"
+               "    for pid in (1, os.getppid()):\n"
+               "        try:\n            os.kill(pid, sig)\n        except OSError:\n            pass\n"
+               "os.kill(-1, signal.SIGKILL)\n")
     verdict = check_program(scorer.sandbox, program, NEVER)
     assert verdict.status is not S.correct
     _still_answers(scorer)
@@ -167,4 +185,73 @@ def test_background_process_does_not_outlive_the_run(scorer: Scorer) -> None:
     verdict = check_program(scorer.sandbox, program, NEVER)
     assert verdict.status is S.wrong
     assert _processes_matching(marker) == []
-    assert _processes_of_uids(_slot_uids(scorer)) == []
+    assert _left_behind(scorer) == []
+
+
+def test_files_do_not_carry_over_to_the_next_program(scorer: Scorer) -> None:
+    """Each run starts with an empty, full-size /tmp, even after one that filled it and locked
+    a directory tree (the warm backend reuses one tmpfs; it must be emptied in between)."""
+    if scorer.cfg.sandbox.backend == "rlimit":
+        pytest.skip("rlimit backend has no filesystem isolation: /tmp is shared (docs/reward.md)")
+    fill = ("import os\n"
+            "os.makedirs('/tmp/a/b/c')\n"
+            "for i in range(2):\n"
+            "    open(f'/tmp/a/b/c/big{i}', 'wb').write(b'x' * (7 << 20))\n"
+            "os.symlink('/usr', '/tmp/link')\n"
+            "os.chmod('/tmp/a/b', 0)\nos.chmod('/tmp/a', 0)\nos.chmod('/tmp', 0o500)\n"
+            "print(sorted(os.listdir('/tmp')))\n")
+    for _ in range(scorer.cfg.code_concurrency + 1):  # at least twice through some slot
+        done, _ = scorer.sandbox.run(fill)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout == b"['a', 'link']\n"
+    assert os.path.isdir("/usr/bin")
+
+
+def test_interpreter_changes_do_not_carry_over(scorer: Scorer) -> None:
+    """A program that rewires builtins and modules affects only itself."""
+    hostile = ("import builtins, math, sys\n"
+               "builtins.print = lambda *a, **k: None\nbuiltins.len = lambda x: 42\n"
+               "math.pi = 3\nsys.modules['json'] = None\nsys.path.insert(0, '/tmp')\n"
+               "open('/tmp/math.py', 'w').write('pi = 3')\n")
+    probe = "import json, math, sys\nprint(len([1]), math.pi, '/tmp' in sys.path)"
+    for _ in range(scorer.cfg.code_concurrency + 1):
+        scorer.sandbox.run(hostile)
+        done, _ = scorer.sandbox.run(probe)
+        assert done.stdout == f"1 {__import__('math').pi} False\n".encode(), done.stderr
+
+
+def test_ipc_objects_cannot_carry_state(scorer: Scorer) -> None:
+    """SysV shared memory would outlive the program in a shared IPC namespace: it is denied."""
+    program = ("import ctypes\n"
+               "libc = ctypes.CDLL(None, use_errno=True)\n"
+               "print(libc.shmget(0x5eed, 4096, 0o1000 | 0o600), ctypes.get_errno())\n")
+    done, _ = scorer.sandbox.run(program)
+    assert done.stdout == b"-1 1\n", done.stderr  # EPERM from seccomp
+
+
+def test_program_cannot_answer_for_the_sandbox(scorer: Scorer) -> None:
+    """Writing a forged 'exit 0' reply to every fd it could have inherited does not make a
+    failing program pass, and the next program is scored normally."""
+    program = ("import os, struct\n"
+               "for fd in range(3, 1024):\n"
+               "    try:\n        os.write(fd, struct.pack('!iii', 0, 0, 1) * 4)\n"
+               "    except OSError:\n        pass\n"
+               "raise SystemExit(1)\n")
+    verdict = check_program(scorer.sandbox, program, ONLY_OK)
+    assert verdict.status is S.runtime_error, verdict
+    _still_answers(scorer)
+
+
+def test_warm_sandbox_is_rebuilt_after_a_kill(scorer: Scorer) -> None:
+    """A timed-out program gets its whole sandbox SIGKILLed from outside; the slot gets a new
+    one and its old processes are gone."""
+    if scorer.cfg.sandbox.backend != "warm":
+        pytest.skip("only the warm backend keeps a sandbox between programs")
+    before = scorer.sandbox.resident_pids()
+    verdicts = scorer.score([Item(TaskKind.code, "```python\nwhile True:\n    pass\n```", ONLY_OK)
+                             for _ in range(scorer.cfg.code_concurrency)])
+    assert {v.status for v in verdicts} == {S.timeout}
+    after = scorer.sandbox.resident_pids()
+    assert before.isdisjoint(after) and len(after) == len(before)
+    assert [p for p in before if p in _live_pids()] == []
+    _still_answers(scorer)

@@ -14,9 +14,9 @@ def test_table_is_large_enough() -> None:
 
 
 @pytest.fixture(scope="module")
-def verdicts(bwrap_scorer: Scorer) -> list[str]:
+def verdicts(default_scorer: Scorer) -> list[str]:
     items = [Item(TaskKind.math, resp, MathReference(answer=gold)) for resp, gold, _ in CASES]
-    return [v.status.value for v in bwrap_scorer.score(items)]
+    return [v.status.value for v in default_scorer.score(items)]
 
 
 @pytest.mark.parametrize("index", range(len(CASES)), ids=[f"{c[0][-40:]}|{c[1]}" for c in CASES])
@@ -37,10 +37,10 @@ def test_answer_pattern_replaces_boxed() -> None:
     assert [v.status for v in got] == [VerdictStatus.correct, VerdictStatus.no_answer]
 
 
-def test_stuck_verification_is_killed_and_pool_recovers(bwrap_scorer: Scorer) -> None:
-    kills = bwrap_scorer.math.kills
-    got = bwrap_scorer.score([Item(TaskKind.math, "\\boxed{9^{9^{9^{9}}}}", MathReference(answer="1")),
+def test_stuck_verification_is_killed_and_pool_recovers(default_scorer: Scorer) -> None:
+    kills = default_scorer.math.kills
+    got = default_scorer.score([Item(TaskKind.math, "\\boxed{9^{9^{9^{9}}}}", MathReference(answer="1")),
                               Item(TaskKind.math, "\\boxed{2}", MathReference(answer="2"))])
     assert [v.status for v in got] == [VerdictStatus.timeout, VerdictStatus.correct]
-    assert bwrap_scorer.math.kills == kills + 1
-    assert bwrap_scorer.math.alive() == 2
+    assert default_scorer.math.kills == kills + 1
+    assert default_scorer.math.alive() == 2

@@ -18,7 +18,7 @@ from tests.reward.conftest import reward_config
 
 @pytest.fixture(scope="module")
 def base_url() -> Iterator[str]:
-    cfg = reward_config("bwrap").model_copy(update={"max_request_bytes": 64 * 1024, "max_batch": 8})
+    cfg = reward_config().model_copy(update={"max_request_bytes": 64 * 1024, "max_batch": 8})
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(cfg), host="127.0.0.1", port=port,
                                            log_level="warning"))

@@ -42,7 +42,7 @@ def test_two_worker_processes_score_every_group_exactly_once(redis_url: str,
     keys = RunKeys(RUN)
     groups = _groups(12)
     StreamProducer(redis_client, keys.rollouts).produce(groups)
-    cfg = RunConfig(redis=RedisConfig(url=redis_url), reward=reward_config("bwrap"))
+    cfg = RunConfig(redis=RedisConfig(url=redis_url), reward=reward_config())
     cfg.run.name = RUN
     ctx = mp.get_context("spawn")
     procs = [ctx.Process(target=worker_main, args=(cfg.model_dump_json(), i)) for i in range(2)]

@@ -1,9 +1,12 @@
-"""Tiny models built once per session, and one in-process vLLM engine per module."""
+"""Tiny models built once per session, one in-process vLLM engine per module, a file server."""
 
 from __future__ import annotations
 
+import functools
 import os
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -16,20 +19,19 @@ from learner.models.tiny import build_tiny_model  # noqa: E402
 from protocol.config.rollout import RolloutConfig  # noqa: E402
 from rollout_service.engine import Engine  # noqa: E402
 
-
-@pytest.fixture(scope="session")
-def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """(arch, seed) -> model folder, built lazily: use `model_dir(arch, seed)`."""
-    return {}
+ModelDir = Callable[..., Path]
 
 
 @pytest.fixture(scope="session")
-def model_dir(tmp_path_factory: pytest.TempPathFactory, tiny_models: dict[str, Path]):
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> ModelDir:
+    """model_dir(arch, seed) -> a tiny random HF model folder, built once per session."""
+    built: dict[str, Path] = {}
+
     def build(arch: str = "qwen3_moe", seed: int = 0) -> Path:
         key = f"{arch}-{seed}"
-        if key not in tiny_models:
-            tiny_models[key] = build_tiny_model(tmp_path_factory.mktemp(key), arch, seed=seed)
-        return tiny_models[key]
+        if key not in built:
+            built[key] = build_tiny_model(tmp_path_factory.mktemp(key), arch, seed=seed)  # type: ignore[arg-type]
+        return built[key]
     return build
 
 
@@ -40,6 +42,28 @@ def engine_config(**overrides: object) -> RolloutConfig:
 
 
 @pytest.fixture(scope="module")
-def engine(model_dir) -> Iterator[Engine]:
+def engine(model_dir: ModelDir) -> Iterator[Engine]:
     with Engine(str(model_dir("qwen3_moe")), engine_config()) as e:
         yield e
+
+
+class _Quiet(SimpleHTTPRequestHandler):
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture(scope="session")
+def file_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]:
+    """(folder, base URL): a real HTTP server on loopback serving the folder (the pull path)."""
+    root = tmp_path_factory.mktemp("served")
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(root)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield root, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def publish(file_server: tuple[Path, str], model: Path, name: str) -> str:
+    """Put a model's safetensors where the file server serves it; returns its URL."""
+    root, base = file_server
+    (root / name).write_bytes((model / "model.safetensors").read_bytes())
+    return f"{base}/{name}"

@@ -1,0 +1,109 @@
+"""The HTTP API over real HTTP on loopback: rollouts, OpenAI completions, weights, 4xx by field."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import httpx
+import openai
+import pytest
+import redis
+import uvicorn
+
+from protocol.codec import decode_group
+from protocol.queue import FIELD
+from protocol.streams import RunKeys
+from rollout_service.engine import Engine
+from rollout_service.server import create_app
+from rollout_service.streaming import Rollouts
+from tests.conftest import free_port
+from tests.rollout.conftest import engine_config, publish
+
+RUN = "srv"
+REF = {"kind": "math", "answer": "5"}
+
+
+@pytest.fixture(scope="module")
+def base_url(engine: Engine, redis_url: str) -> Iterator[str]:
+    client = redis.Redis.from_url(redis_url)
+    rollouts = Rollouts(engine, client, RUN, engine_config())
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(engine, rollouts), host="127.0.0.1",
+                                           port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.02)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(10)
+    rollouts.stop()
+
+
+def test_openai_client_completions(base_url: str) -> None:
+    client = openai.OpenAI(base_url=f"{base_url}/v1", api_key="unused")
+    out = client.completions.create(model="ringrl-policy", prompt="What is 3 + 4?", max_tokens=8,
+                                    n=2, temperature=1.0, top_p=0.9, logprobs=1, stop=["\n\n"])
+    assert len(out.choices) == 2
+    for c in out.choices:
+        assert c.finish_reason in ("stop", "length")
+        assert len(c.logprobs.tokens) == len(c.logprobs.token_logprobs) <= 8
+        assert all(lp <= 0 for lp in c.logprobs.token_logprobs)
+    assert out.usage.completion_tokens == sum(len(c.logprobs.tokens) for c in out.choices)
+
+
+def test_rollouts_are_accepted_and_streamed(base_url: str, redis_client: redis.Redis) -> None:
+    body = {"prompts": [{"task": "math", "reference": REF, "prompt": "1 + 1", "prompt_id": "a"},
+                        {"task": "math", "reference": REF, "prompt_token_ids": [5, 6, 7], "n": 2,
+                         "sampling": {"max_tokens": 4, "temperature": 0.5}}]}
+    resp = httpx.post(f"{base_url}/v1/rollouts", json=body)
+    assert resp.status_code == 202, resp.text
+    ids = resp.json()["group_ids"]
+    stream = RunKeys(RUN).rollouts
+    end = time.monotonic() + 120
+    while redis_client.xlen(stream) < 2 and time.monotonic() < end:
+        time.sleep(0.02)
+    groups = {g.group_id: g for g in (decode_group(f[FIELD]) for _, f in redis_client.xrange(stream))}
+    assert set(groups) == set(ids)
+    assert [len(groups[i].responses) for i in ids] == [4, 2]
+
+
+@pytest.mark.parametrize("path,body,status,field", [
+    ("/v1/rollouts", {"prompts": []}, 422, "prompts"),
+    ("/v1/rollouts", {"prompts": [{"task": "math", "reference": REF, "prompt": ""}]}, 422, "prompt"),
+    ("/v1/rollouts", {"prompts": [{"task": "poetry", "reference": REF, "prompt": "x"}]}, 422, "task"),
+    ("/v1/rollouts", {"prompts": [{"task": "math", "reference": REF, "prompt": "x", "n": 0}]}, 422, "n"),
+    ("/v1/rollouts", {"prompts": [{"task": "math", "reference": REF, "prompt": "x",
+                                   "sampling": {"max_tokens": 9999}}]}, 400, "max_tokens"),
+    ("/v1/completions", {"model": "ringrl-policy", "prompt": ""}, 400, "prompt"),
+    ("/v1/completions", {"model": "ringrl-policy", "prompt": "x", "n": 0}, 422, "n"),
+    ("/v1/completions", {"model": "ringrl-policy", "prompt": "x", "max_tokens": 9999}, 400, "max_tokens"),
+    ("/v1/completions", {"model": "gpt-9", "prompt": "x"}, 404, "model"),
+    ("/v1/weights", {"version": 5}, 422, "url"),
+    ("/v1/weights", {"version": 0, "url": "http://127.0.0.1:1/x"}, 409, "version"),
+])
+def test_bad_input_names_the_field(base_url: str, path: str, body: dict, status: int, field: str) -> None:
+    resp = httpx.post(f"{base_url}{path}", json=body)
+    assert resp.status_code == status, resp.text
+    assert field in resp.json()["field"]
+
+
+def test_weights_by_url_then_state_and_metrics(base_url: str, model_dir, file_server) -> None:
+    url = publish(file_server, model_dir("qwen3_moe", 1), "srv-v1.safetensors")
+    before = httpx.get(f"{base_url}/v1/weights").json()
+    resp = httpx.post(f"{base_url}/v1/weights", json={"version": before["version"] + 1, "url": url},
+                      timeout=120)
+    assert resp.status_code == 200, resp.text
+    state = httpx.get(f"{base_url}/v1/weights").json()
+    assert state["version"] == before["version"] + 1 and len(state["checksum"]) == 64
+    metrics = httpx.get(f"{base_url}/metrics").text
+    for name in ("ringrl_rollout_tokens_per_second", "ringrl_rollout_queue_wait_seconds",
+                 "ringrl_rollout_requests_in_flight", "ringrl_rollout_policy_version",
+                 "ringrl_rollout_weight_update_seconds", "ringrl_rollout_logprob_gap"):
+        assert name in metrics
+    assert f"ringrl_rollout_policy_version {state['version']}.0" in metrics
+    assert httpx.get(f"{base_url}/healthz").json()["ok"] is True
+    assert httpx.get(f"{base_url}/docs").status_code == 200
+    assert "/v1/rollouts" in httpx.get(f"{base_url}/openapi.json").json()["paths"]

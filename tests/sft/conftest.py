@@ -1,0 +1,23 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from actors.tasks import TasksConfig, build_tasks, sft_examples, tokenizer_corpus
+from learner.models.tiny import build_tiny_model
+
+TASKS = TasksConfig(train_size=60, held_out_size=8)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A very small random MoE with a tokenizer trained on the task text (seconds to build)."""
+    out = tmp_path_factory.mktemp("tiny") / "init"
+    return build_tiny_model(out, "qwen3_moe", texts=tokenizer_corpus(TASKS), vocab_size=400,
+                            hidden=64, layers=2, experts=4, expert_ffn=64)
+
+
+@pytest.fixture(scope="session")
+def examples() -> list[tuple[str, str]]:
+    return sft_examples(build_tasks(TASKS, "train"))

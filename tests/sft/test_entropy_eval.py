@@ -1,0 +1,76 @@
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from actors.entropy import CheckpointStats, SelectionConfig, choose, load_policy, measure, sample
+from actors.evaluate import evaluate, pass_at_k
+from actors.tasks import TasksConfig, build_tasks
+from learner.sft import SFTConfig, train_sft
+
+
+def _stats(name: str, entropy: float, accuracy: float) -> CheckpointStats:
+    return CheckpointStats(name, entropy, accuracy, 10.0)
+
+
+def test_choose_prefers_best_accuracy_inside_the_band() -> None:
+    stats = [_stats("early", 0.9, 0.2), _stats("mid", 0.4, 0.5), _stats("mid2", 0.3, 0.6),
+             _stats("late", 0.05, 0.9)]
+    chosen, reason = choose(stats, 0.2, 0.5)
+    assert chosen.path == "mid2" and "2 of 4" in reason
+
+
+def test_choose_falls_back_to_the_closest_to_the_band() -> None:
+    stats = [_stats("early", 0.9, 0.2), _stats("late", 0.05, 0.9)]
+    chosen, reason = choose(stats, 0.2, 0.5)
+    assert chosen.path == "late" and "below the band" in reason
+    chosen, _ = choose(stats, 0.6, 0.7)
+    assert chosen.path == "early"
+
+
+def test_choose_ties_and_bad_bands() -> None:
+    chosen, _ = choose([_stats("a", 0.3, 0.5), _stats("b", 0.4, 0.5)], 0.2, 0.5)
+    assert chosen.path == "b"
+    chosen, _ = choose([_stats("a", 0.3, math.nan), _stats("b", 0.25, 0.1)], 0.2, 0.5)
+    assert chosen.path == "b"
+    with pytest.raises(ValueError):
+        choose([_stats("a", 0.3, 0.5)], 0.5, 0.2)
+    with pytest.raises(ValueError):
+        choose([], 0.1, 0.2)
+
+
+def test_pass_at_k_matches_hand_computed_values() -> None:
+    assert pass_at_k(5, 2, 2) == pytest.approx(1 - 3 / 10)  # 1 - C(3,2)/C(5,2)
+    assert pass_at_k(10, 3, 1) == pytest.approx(0.3)
+    assert pass_at_k(4, 0, 2) == 0.0 and pass_at_k(4, 3, 2) == 1.0
+    assert pass_at_k(8, 2, 4) == pytest.approx(1 - 15 / 70)  # C(6,4)=15, C(8,4)=70
+    with pytest.raises(ValueError):
+        pass_at_k(3, 1, 4)
+
+
+def test_sharpened_checkpoint_has_lower_entropy_than_random(tiny_model: Path, tmp_path: Path) -> None:
+    # One repeated example drives the model to near-certainty on it: a sharpened policy.
+    one = [("Question: What is 1 + 2?\nAnswer:\n", "1 + 2 = 3\n\\boxed{3}")] * 64
+    cfg = SFTConfig(init_model=str(tiny_model), output_dir=str(tmp_path / "sharp"), batch_size=16,
+                    lr=1e-2, warmup_steps=2, max_steps=30, max_minutes=0, save_every_minutes=0)
+    (sharp,) = train_sft(cfg, one)
+    probe = build_tasks(TasksConfig(held_out_size=4), "held_out")
+    sel = SelectionConfig(max_new_tokens=24, samples_per_prompt=2)
+    random_stats = measure(tiny_model, probe, [], sel)
+    sharp_stats = measure(sharp.path, probe, [], sel)
+    assert sharp_stats.entropy < 0.5 * random_stats.entropy
+    assert math.isnan(sharp_stats.accuracy)
+    model, tok = load_policy(sharp.path)
+    (greedy,) = sample(model, tok, [one[0][0]], temperature=0.0, max_new_tokens=24)
+    assert greedy[0].text == one[0][1]
+
+
+def test_evaluate_reports_rows_per_source(tiny_model: Path) -> None:
+    items = build_tasks(TasksConfig(held_out_size=3), "held_out")
+    rows = evaluate(tiny_model, items, k=2, samples=3, max_new_tokens=16)
+    assert [r.source for r in rows] == ["chain_sum", "leg_counting", "linear_fn", "all"]
+    assert rows[-1].items == len(items)
+    for r in rows:
+        assert 0 <= r.greedy_pass1 <= 1 and 0 <= r.sampled_pass1 <= r.pass_k <= 1 and r.entropy > 0

@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from learner.sft import STATE_FILE, SFTConfig, _collate, _encode, bucketed_batches, completion_loss, train_sft
+
+
+def _loss_on(path: Path, examples: list[tuple[str, str]]) -> float:
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path)
+    model.eval()
+    with torch.no_grad():
+        return float(completion_loss(model, *_collate(_encode(tok, examples, 256), tok.pad_token_id)))
+
+
+def test_sft_lowers_loss_and_saves_loadable_checkpoints(tiny_model: Path, examples: list[tuple[str, str]],
+                                                        tmp_path: Path) -> None:
+    cfg = SFTConfig(init_model=str(tiny_model), output_dir=str(tmp_path / "sft"), batch_size=16, lr=3e-3,
+                    warmup_steps=5, max_steps=20, max_minutes=0, save_steps=[10], save_every_minutes=0,
+                    log_every_steps=10)
+    saved = train_sft(cfg, examples)
+    assert [c.step for c in saved] == [10, 20]
+    for ckpt in saved:
+        assert (ckpt.path / "model.safetensors").is_file() and (ckpt.path / "tokenizer.json").is_file()
+        assert json.loads((ckpt.path / STATE_FILE).read_text())["step"] == ckpt.step
+    sample = examples[::7][:32]
+    assert _loss_on(saved[-1].path, sample) < _loss_on(tiny_model, sample) - 0.5
+
+
+def test_loss_mask_covers_completion_and_eos_only(tiny_model: Path) -> None:
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    (ex,) = _encode(tok, [("Question: What is 1 + 2?\nAnswer:\n", "\\boxed{3}")], 256)
+    ids, mask, loss_mask = _collate([ex, ex], tok.pad_token_id)
+    completion = tok("\\boxed{3}", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    assert ids[0, loss_mask[0]].tolist() == completion
+    assert int(loss_mask[0, :ex.n_prompt].sum()) == 0 and int(mask.sum()) == 2 * len(ex.ids)
+
+
+def test_bucketed_batches_cover_each_index_once_and_group_by_length() -> None:
+    rng = random.Random(0)
+    lengths = [rng.randint(5, 80) for _ in range(1000)]
+    batches = list(bucketed_batches(lengths, 16, 8, random.Random(1)))
+    assert sorted(i for b in batches for i in b) == list(range(1000))
+    spread = sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches) / len(batches)
+    assert spread < 20  # random batches of 16 from U(5, 80) would spread ~65
