@@ -11,9 +11,9 @@ SUM. Token weights already carry the global normaliser, so the sum is the single
 from __future__ import annotations
 
 import contextlib
-from dataclasses import asdict
 import time
 from collections.abc import Iterable
+from dataclasses import asdict
 from typing import Any
 
 import torch

@@ -177,17 +177,25 @@ class Rollouts:
     def _admit_loop(self) -> None:
         while not self._stop.is_set():
             try:
-                group, prompt, queued_at = self._pending.get(timeout=0.1)
+                batch = [self._pending.get(timeout=0.1)]
             except queue.Empty:
                 continue
+            # Whatever else is waiting is admitted in the same pass (one gate check), so the
+            # engine's first step already batches them instead of ramping up prompt by prompt.
+            while len(batch) < self.config.max_inflight_groups:
+                try:
+                    batch.append(self._pending.get_nowait())
+                except queue.Empty:
+                    break
             self._wait_gate()
-            while not self._slots.acquire(timeout=0.1):
-                if self._stop.is_set():
-                    return
-            self.metrics.queue_wait.observe(time.monotonic() - queued_at)
+            for group, prompt, queued_at in batch:
+                while not self._slots.acquire(timeout=0.1):
+                    if self._stop.is_set():
+                        return
+                self.metrics.queue_wait.observe(time.monotonic() - queued_at)
+                future = self.engine.submit(group.prompt_token_ids, prompt.n, prompt.sampling)
+                future.add_done_callback(lambda f, g=group: self._finish(g, f))
             self.metrics.pending.set(self._pending.qsize())
-            future = self.engine.submit(group.prompt_token_ids, prompt.n, prompt.sampling)
-            future.add_done_callback(lambda f, g=group: self._finish(g, f))
 
     def _finish(self, group: Group, future: object) -> None:
         self._slots.release()

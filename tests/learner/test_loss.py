@@ -32,7 +32,7 @@ def _loss_and_grads(learner: Learner, step: Step, max_tokens: int) -> tuple[floa
     for mb in microbatches(step, max_tokens, learner.layout):
         loss, _ = learner.microbatch_loss(mb, step_input)
         loss.backward()
-        total += float(loss)
+        total += float(loss.detach())
     return total, {n: p.grad.clone() for n, p in learner.model.named_parameters() if p.grad is not None}
 
 

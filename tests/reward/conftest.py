@@ -18,7 +18,9 @@ def reward_config(backend: str = "warm", **sandbox: object) -> RewardConfig:
 
 @pytest.fixture(scope="session", params=BACKENDS)
 def scorer(request: pytest.FixtureRequest) -> Iterator[Scorer]:
-    s = Scorer(reward_config(request.param), uid_offset=100)
+    # Each backend its own uids: a killed namespace is torn down asynchronously, and its dying
+    # processes still count against RLIMIT_NPROC of their uid for a moment.
+    s = Scorer(reward_config(request.param), uid_offset=100 + 10 * BACKENDS.index(request.param))
     yield s
     s.close()
     s.sandbox.close()  # the warm backend's sandboxes outlive Scorer.close() until process exit

@@ -14,6 +14,7 @@ import pytest
 from protocol.schema import CodeReference, IOTest, MathReference, TaskKind, VerdictStatus
 from reward_service.code_verifier import check_program
 from reward_service.scorer import Item, Scorer
+from tests.reward.conftest import BACKENDS
 
 S = VerdictStatus
 ONLY_OK = CodeReference(io_tests=[IOTest(stdin="", stdout="ok")])
@@ -62,7 +63,7 @@ def _left_behind(scorer: Scorer) -> list[int]:
     """Live processes of the sandbox slot uids other than the warm sandboxes themselves (bwrap
     and the fork server). A killed sandbox's namespace is torn down by the kernel
     asynchronously, so allow it a moment (this bounds a wait, not a speed)."""
-    base = scorer.cfg.sandbox.uid_base + 100
+    base = scorer.cfg.sandbox.uid_base + 100 + 10 * BACKENDS.index(scorer.cfg.sandbox.backend)
     uids = range(base, base + scorer.cfg.code_concurrency)
     deadline = time.monotonic() + 5
     while True:

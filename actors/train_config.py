@@ -1,0 +1,77 @@
+"""The config of `ringrl train`: the service sections plus model, data, SFT, selection and stages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, model_validator
+
+from learner.models.tiny import Arch
+from learner.sft_config import SFTConfig
+from protocol.config import RunConfig
+from protocol.config.base import Section
+from protocol.schema import TaskKind
+
+from actors.entropy import SelectionConfig
+from actors.tasks import Source, TasksConfig
+
+DEFAULT_CONFIG = Path(__file__).parent / "configs" / "default.yaml"
+
+
+class ModelSection(Section):
+    path: str = Field(default="", description="Hugging Face folder to start from; empty: build the tiny MoE.")
+    arch: Arch = Field(default="qwen3_moe", description="Architecture of the tiny model built when path is empty.")
+    hidden: int = Field(default=128, gt=0, description="Hidden size of the tiny model.")
+    layers: int = Field(default=4, gt=0, description="Decoder layers of the tiny model.")
+    experts: int = Field(default=8, gt=0, description="Routed experts per MoE layer of the tiny model.")
+    top_k: int = Field(default=2, gt=0, description="Experts per token of the tiny model.")
+    expert_ffn: int = Field(default=192, gt=0, description="Expert FFN width of the tiny model.")
+    vocab_size: int = Field(default=640, gt=2, description="BPE vocabulary asked of the local tokenizer.")
+
+
+class StageConfig(Section):
+    name: str = Field(description="Stage name (metrics, checkpoints and groups carry it).")
+    sources: list[Source] = Field(description="Task generators the stage's prompts come from.")
+    steps: int = Field(default=100, gt=0, description="Optimiser steps of this stage.")
+    token_budget: int = Field(default=4096, gt=0, description="C3PO: response tokens per optimiser step.")
+    max_new_tokens: int = Field(default=48, gt=0, description="Length limit of a response.")
+    n: int = Field(default=8, gt=1, description="Responses per prompt (group size).")
+    lr: float = Field(default=3e-4, gt=0, description="Peak learning rate of the stage.")
+    warmup_steps: int = Field(default=5, ge=0, description="Warm-up steps at the start of the stage.")
+    prompts_per_round: int = Field(
+        default=16, gt=0, description="Prompts handed to the engine at a time (sync mode: per step).")
+    eval_every: int = Field(default=0, ge=0, description="Held-out greedy eval every this many steps (0: only at the end).")
+
+
+class TrainConfig(RunConfig):
+    model: ModelSection = Field(default_factory=ModelSection, description="Model to train.")
+    tasks: TasksConfig = Field(default_factory=TasksConfig, description="Task data (generated or JSONL).")
+    sft: SFTConfig = Field(default_factory=SFTConfig, description="Distillation before RL.")
+    selection: SelectionConfig = Field(default_factory=SelectionConfig,
+                                       description="Entropy-based choice of the SFT checkpoint.")
+    stages: list[StageConfig] = Field(
+        default_factory=lambda: [StageConfig(name="math", sources=["chain_sum", "leg_counting"]),
+                                 StageConfig(name="code", sources=["linear_fn"])],
+        description="RL stages in order; each starts from the last weights of the one before.")
+    asynchronous: bool = Field(
+        default=True, alias="async",
+        description="true: rollouts stream while the learner trains; false: generate, score, train in turn.")
+    reward_workers: int = Field(default=1, gt=0, description="Reward worker actors.")
+    eval_size: int = Field(default=100, ge=0, description="Held-out items per source for eval after each stage.")
+
+    model_config = {**RunConfig.model_config, "populate_by_name": True}
+
+    @model_validator(mode="after")
+    def _stage_names_unique(self) -> "TrainConfig":
+        names = [s.name for s in self.stages]
+        if len(set(names)) != len(names):
+            raise ValueError(f"stage names must be unique, got {names}")
+        return self
+
+    def stage_task(self, stage: StageConfig) -> TaskKind:
+        from actors.tasks import TASK_OF
+
+        kinds = {TASK_OF[s] for s in stage.sources}
+        if len(kinds) != 1:
+            raise ValueError(f"stage {stage.name}: sources mix task kinds {sorted(k.value for k in kinds)}")
+        return kinds.pop()
