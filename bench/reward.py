@@ -129,7 +129,7 @@ def main() -> None:
         table.add_row("HumanEval programs, 1 slot", str(n), escape("subprocess.run([python, file])"),
                       f"{bare:.1f}", BACKEND_NOTE[b], f"{ours[b]:.1f}", f"{ours[b] / bare:.2f}x",
                       target)
-    Console(width=150).print(table)
+    Console(width=175).print(table)
 
 
 if __name__ == "__main__":
