@@ -56,7 +56,7 @@ def load_policy(path: str | Path) -> tuple[PreTrainedModel, PreTrainedTokenizerB
 def sample(model: PreTrainedModel, tok: PreTrainedTokenizerBase, prompts: Sequence[str], *,
            n: int = 1, temperature: float = 1.0, max_new_tokens: int = 64, batch_size: int = 64,
            seed: int = 0) -> list[list[Sample]]:
-    """n responses per prompt (greedy when temperature == 0), with per-token entropies."""
+    """n responses per prompt (one greedy response when temperature == 0), with per-token entropies."""
     torch.manual_seed(seed)
     out: list[list[Sample]] = []
     greedy = temperature == 0
@@ -85,7 +85,7 @@ def sample(model: PreTrainedModel, tok: PreTrainedTokenizerBase, prompts: Sequen
                 keep = valid[j]
                 text = tok.decode(new[j][keep], skip_special_tokens=True)
                 group.append(Sample(text, int(keep.sum()), float(ent[j][keep].sum())))
-            out.extend([group] * (n if greedy else 1))
+            out.append(group)
     return out
 
 

@@ -94,3 +94,4 @@ class Scorer:
         self._math_exec.shutdown(wait=True)
         self._code_exec.shutdown(wait=True)
         self.math.close()
+        self.sandbox.close()

@@ -185,7 +185,7 @@ def test_external_redis() -> None:
 
 @pytest.mark.parametrize("values, message", [
     ({"redis": {"enabled": False}}, "redis.externalUrl is required"),
-    ({"reward": {"sandbox": {"backend": "docker"}}}, "reward.sandbox.backend must be rlimit or bwrap"),
+    ({"reward": {"sandbox": {"backend": "docker"}}}, "reward.sandbox.backend must be warm, bwrap or rlimit"),
 ])
 def test_bad_values_fail_with_the_value_named(values: dict[str, Any], message: str) -> None:
     import helm_python as helm
