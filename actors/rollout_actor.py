@@ -7,7 +7,6 @@ import ray
 
 from protocol.config import RunConfig
 from protocol.queue import connect
-from protocol.weight_transfer import Manifest
 from rollout_service.engine import Engine
 from rollout_service.streaming import Prompt, Rollouts
 from rollout_service.weights import BroadcastReceiver, load_from_url
@@ -35,9 +34,10 @@ class RolloutActor:
     def join_weight_group(self, host: str, port: int, rank: int, world_size: int) -> None:
         self._receiver.join(host, port, rank, world_size, self._backend)
 
-    def update_weights_broadcast(self, manifest_json: str) -> float:
-        """Receive the version the learner is broadcasting now; returns load seconds."""
-        return self._receiver.load(Manifest.model_validate_json(manifest_json))
+    def update_weights_broadcast(self, buffer: bool = True) -> tuple[int, float]:
+        """Receive the version the learner is broadcasting now; returns (version, load seconds)."""
+        manifest, seconds = self._receiver.load(buffer=buffer)
+        return manifest.version, seconds
 
     def update_weights_url(self, url: str, version: int, checksum: str | None = None) -> float:
         return load_from_url(self._engine, url, version, checksum)

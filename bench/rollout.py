@@ -38,7 +38,7 @@ from protocol.codec import decode_group  # noqa: E402
 from protocol.config.rollout import RolloutConfig  # noqa: E402
 from protocol.queue import FIELD  # noqa: E402
 from protocol.streams import RunKeys  # noqa: E402
-from protocol.weight_transfer import create_group, make_manifest, send  # noqa: E402
+from protocol.weight_transfer import create_group, make_manifest, send_version  # noqa: E402
 from rollout_service.engine import Engine  # noqa: E402
 from rollout_service.server import create_app  # noqa: E402
 from rollout_service.streaming import Rollouts  # noqa: E402
@@ -182,13 +182,13 @@ def bench_updates(workdir: Path) -> None:
 
             manifest = make_manifest(named, version=2)
             port = free_port()
-            sender = threading.Thread(target=lambda: send(create_group("127.0.0.1", port, 0, 2),
-                                                          named, manifest))
+            sender = threading.Thread(target=lambda: send_version(create_group("127.0.0.1", port, 0, 2),
+                                                                  named, manifest))
             receiver = BroadcastReceiver(engine)
             t0 = time.perf_counter()
             sender.start()
             receiver.join("127.0.0.1", port, 1, 2)
-            receiver.load(manifest)
+            receiver.load()
             rows.append(("broadcast (gloo, loopback) + load", time.perf_counter() - t0))
             sender.join()
 

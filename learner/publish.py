@@ -153,8 +153,7 @@ class Publisher:
         manifest = wt.make_manifest(named, version, self.bucket_bytes)
         record = self.server.store(named, manifest)
         if self.group is not None:
-            wt.send_manifest(self.group, manifest)
-            wt.send(self.group, named, manifest)
+            wt.send_version(self.group, named, manifest)
         if self.client is not None:
             announce(self.client, self.run, record)
         return record

@@ -157,3 +157,10 @@ def receive_manifest(group: WeightGroup, src: int = 0) -> Manifest:
     raw = torch.empty(int(size), dtype=torch.uint8)
     group.broadcast(raw, src)
     return Manifest.model_validate_json(raw.numpy().tobytes())
+
+
+def send_version(group: WeightGroup, named: dict[str, torch.Tensor], manifest: Manifest,
+                 src: int = 0) -> None:
+    """What a publisher sends for one version: the manifest in-band, then the buckets."""
+    send_manifest(group, manifest, src)
+    send(group, named, manifest, src)

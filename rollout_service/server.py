@@ -14,7 +14,6 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, model_validator
 
 from protocol.metrics import mount_observability
-from protocol.weight_transfer import Manifest
 from rollout_service.engine import Engine, InvalidRequest, Sampling
 from rollout_service.streaming import Prompt, Rollouts
 from rollout_service.weights import BroadcastReceiver, WeightError, load_from_url
@@ -48,7 +47,6 @@ class BroadcastSpec(BaseModel):
     port: int = Field(ge=1, le=65535)
     rank: int = Field(ge=1, description="This engine's rank in the group (the learner is 0).")
     world_size: int = Field(ge=2)
-    manifest: Manifest = Field(description="The version's tensors, in transfer order.")
 
 
 class WeightsRequest(BaseModel):
@@ -61,8 +59,6 @@ class WeightsRequest(BaseModel):
     def _one_source(self) -> "WeightsRequest":
         if (self.url is None) == (self.broadcast is None):
             raise ValueError("url: give exactly one of url or broadcast")
-        if self.broadcast is not None and self.broadcast.manifest.version != self.version:
-            raise ValueError("broadcast.manifest.version: differs from version")
         return self
 
 
@@ -171,7 +167,9 @@ def create_app(engine: Engine, rollouts: Rollouts | None = None,
             b = req.broadcast
             assert b is not None
             receiver.join(b.host, b.port, b.rank, b.world_size, weight_backend)
-            seconds = receiver.load(b.manifest)
+            manifest, seconds = receiver.load()
+            if manifest.version != req.version:  # loaded regardless: the learner sent what it has
+                return _error(409, "version", f"asked for {req.version}, learner broadcast {manifest.version}")
         return WeightsState(version=engine.version, checksum=engine.checksum,
                             updated_at=engine.updated_at, update_seconds=seconds)
 

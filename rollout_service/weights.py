@@ -11,7 +11,8 @@ import redis
 import torch
 from safetensors.torch import load as load_safetensors
 
-from protocol.weight_transfer import Manifest, WeightGroup, create_group, receive, verify
+from protocol.weight_transfer import (Manifest, WeightGroup, create_group, receive, receive_manifest,
+                                      verify)
 from protocol.streams import RunKeys
 from protocol.weights import WeightVersion, checksum_tensors
 from rollout_service.engine import Engine
@@ -70,11 +71,23 @@ class BroadcastReceiver:
                 self.group = create_group(host, port, rank, world_size, backend, timeout_s)
             return self.group
 
-    def load(self, manifest: Manifest) -> float:
-        """Receive one version from rank 0 and load it bucket by bucket as it lands."""
+    def load(self, buffer: bool = False) -> tuple[Manifest, float]:
+        """Receive the version rank 0 is broadcasting (manifest first, in-band) and load it.
+
+        Unbuffered, buckets are loaded as they land (no second copy of the model). Buffered, the
+        whole version is received and verified first, so the learner is released before the
+        engine drains in-flight requests and loads: it can train the next step meanwhile.
+        Returns (manifest, seconds of the load).
+        """
         if self.group is None:
             raise WeightError("broadcast: join the learner's group first")
         group = self.group
+        manifest = receive_manifest(group)
+        if buffer:
+            received = [t for bucket in receive(group, manifest) for t in bucket]
+            verify(received, manifest)
+            return manifest, self.engine.update_weights(lambda: iter(received), manifest.version,
+                                                        manifest.checksum)
 
         def tensors() -> Iterator[tuple[str, torch.Tensor]]:
             received: list[tuple[str, torch.Tensor]] = []
@@ -83,7 +96,7 @@ class BroadcastReceiver:
                 yield from bucket
             verify(received, manifest)  # raises inside the load: the engine is marked unhealthy
 
-        return self.engine.update_weights(tensors, manifest.version, manifest.checksum)
+        return manifest, self.engine.update_weights(tensors, manifest.version, manifest.checksum)
 
 
 def follow_weights(engine: Engine, client: redis.Redis, keys: RunKeys) -> threading.Thread:

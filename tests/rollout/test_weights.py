@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from protocol.weight_transfer import create_group, make_manifest, send
+from protocol.weight_transfer import create_group, make_manifest, send_version
 from rollout_service.engine import Engine
 from rollout_service.weights import BroadcastReceiver, WeightError, load_from_url
 from tests.conftest import free_port
@@ -52,7 +52,8 @@ def test_update_by_url_matches_fresh_engine(arch: str, model_dir, file_server) -
     assert np.abs(after - hf).max() <= fresh_gap + 1e-5
 
 
-def test_update_by_broadcast_matches_fresh_engine(model_dir) -> None:
+@pytest.mark.parametrize("buffer", [False, True], ids=["streamed", "buffered"])
+def test_update_by_broadcast_matches_fresh_engine(model_dir, buffer: bool) -> None:
     old, new = model_dir("qwen3_moe", 0), model_dir("qwen3_moe", 1)
     named = dict(sorted(load_file(str(new / "model.safetensors")).items()))
     manifest = make_manifest(named, version=1, bucket_bytes=1 << 20)
@@ -60,14 +61,15 @@ def test_update_by_broadcast_matches_fresh_engine(model_dir) -> None:
 
     def learner() -> None:  # rank 0: hosts the store, sends one version
         group = create_group("127.0.0.1", port, 0, 2)
-        send(group, named, manifest)
+        send_version(group, named, manifest)
 
     with Engine(str(old), engine_config()) as e:
         t = threading.Thread(target=learner)
         t.start()
         receiver = BroadcastReceiver(e)
         receiver.join("127.0.0.1", port, 1, 2)
-        receiver.load(manifest)
+        got, _ = receiver.load(buffer=buffer)
+        assert got.version == 1
         t.join(60)
         after = e.prompt_logprobs(PROBE)
         assert (e.version, e.checksum) == (1, manifest.checksum)
