@@ -21,7 +21,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from protocol.config.base import Section
 
-from actors.tasks import TaskItem, score_all
+from actors.tasks import ScoreFn, TaskItem, score_all
 
 
 class SelectionConfig(Section):
@@ -104,8 +104,8 @@ class CheckpointStats:
 
 
 def measure(path: str | Path, probe: Sequence[TaskItem], held_out: Sequence[TaskItem],
-            cfg: SelectionConfig) -> CheckpointStats:
-    """Entropy on its own T=1 samples over `probe`, greedy accuracy on `held_out`."""
+            cfg: SelectionConfig, score: ScoreFn = score_all) -> CheckpointStats:
+    """Entropy on its own T=1 samples over `probe`, greedy accuracy on `held_out` (checked by `score`)."""
     model, tok = load_policy(path)
     samples = sample(model, tok, [it.prompt for it in probe], n=cfg.samples_per_prompt, temperature=1.0,
                      max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, seed=cfg.seed)
@@ -113,7 +113,7 @@ def measure(path: str | Path, probe: Sequence[TaskItem], held_out: Sequence[Task
     if held_out:
         greedy = sample(model, tok, [it.prompt for it in held_out], temperature=0.0,
                         max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size)
-        correct = score_all(held_out, [g[0].text for g in greedy])
+        correct = score(held_out, [g[0].text for g in greedy])
         accuracy = sum(correct) / len(correct)
     tokens = [s.n_tokens for g in samples for s in g]
     return CheckpointStats(str(path), mean_entropy(samples), accuracy, sum(tokens) / len(tokens))
@@ -144,27 +144,36 @@ def choose(stats: Sequence[CheckpointStats], lo: float, hi: float) -> tuple[Chec
                   f"({best.entropy:.3f}, {side} the band)")
 
 
+def _short(path: str) -> str:
+    """Parent/name: enough to tell checkpoints of one run apart without filling the table."""
+    p = Path(path)
+    return f"{p.parent.name}/{p.name}" if p.parent.name else p.name
+
+
 def selection_table(stats: Sequence[CheckpointStats], chosen: CheckpointStats | None, lo: float,
                     hi: float) -> Table:
     table = Table(title=f"checkpoint selection (entropy band [{lo:g}, {hi:g}])")
-    for col in ("checkpoint", "entropy", "held-out acc", "mean tokens", "in band", "chosen"):
-        table.add_column(col, justify="left" if col == "checkpoint" else "right")
+    table.add_column("checkpoint", no_wrap=True, min_width=max((len(_short(s.path)) for s in stats), default=10))
+    for col in ("entropy", "held-out acc", "mean tokens", "in band", "chosen"):
+        table.add_column(col, justify="right", no_wrap=True)
     for s in stats:
-        table.add_row(s.path, f"{s.entropy:.3f}", "-" if math.isnan(s.accuracy) else f"{s.accuracy:.3f}",
+        table.add_row(_short(s.path), f"{s.entropy:.3f}", "-" if math.isnan(s.accuracy) else f"{s.accuracy:.3f}",
                       f"{s.mean_tokens:.1f}", "yes" if band_distance(s.entropy, lo, hi) == 0 else "no",
                       "<-" if chosen is not None and s.path == chosen.path else "")
     return table
 
 
 def select_checkpoint(paths: Sequence[str | Path], probe: Sequence[TaskItem], held_out: Sequence[TaskItem],
-                      cfg: SelectionConfig, console: Console | None = None) -> tuple[CheckpointStats, list[CheckpointStats]]:
+                      cfg: SelectionConfig, console: Console | None = None,
+                      score: ScoreFn = score_all) -> tuple[CheckpointStats, list[CheckpointStats]]:
     """Measure every checkpoint, print the table and the reason; return (chosen, all stats)."""
     console = console or Console()
     stats = []
     for p in paths:
-        stats.append(measure(p, probe, held_out, cfg))
-        console.print(f"measured {p}: entropy {stats[-1].entropy:.3f}, held-out acc {stats[-1].accuracy:.3f}")
+        stats.append(measure(p, probe, held_out, cfg, score))
+        console.print(f"measured {p}: entropy {stats[-1].entropy:.3f}, held-out acc {stats[-1].accuracy:.3f}",
+                      soft_wrap=True)
     chosen, reason = choose(stats, cfg.entropy_lo, cfg.entropy_hi)
     console.print(selection_table(stats, chosen, cfg.entropy_lo, cfg.entropy_hi))
-    console.print(f"chose {chosen.path}: {reason}")
+    console.print(f"chose {chosen.path}: {reason}", soft_wrap=True)
     return chosen, stats

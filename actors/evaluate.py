@@ -12,7 +12,7 @@ from rich.table import Table
 from protocol.schema import TaskKind
 
 from actors.entropy import load_policy, mean_entropy, sample
-from actors.tasks import TaskItem, TasksConfig, build_tasks, load_jsonl, score_all
+from actors.tasks import ScoreFn, TaskItem, TasksConfig, build_tasks, load_jsonl, score_all
 from actors.tasks.build import Split
 
 
@@ -45,7 +45,7 @@ def _row(source: str, greedy: list[bool], counts: list[int], samples: int, k: in
 
 def evaluate(path: str | Path, items: Sequence[TaskItem], *, k: int = 4, samples: int | None = None,
              temperature: float = 1.0, max_new_tokens: int = 64, batch_size: int = 64,
-             seed: int = 0) -> list[EvalRow]:
+             seed: int = 0, score: ScoreFn = score_all) -> list[EvalRow]:
     """One row per task source, then an `all` row; `samples` (default k) responses per item."""
     if not items:
         raise ValueError("no held-out items to evaluate")
@@ -57,8 +57,8 @@ def evaluate(path: str | Path, items: Sequence[TaskItem], *, k: int = 4, samples
     greedy = sample(model, tok, prompts, temperature=0.0, max_new_tokens=max_new_tokens, batch_size=batch_size)
     sampled = sample(model, tok, prompts, n=n, temperature=temperature, max_new_tokens=max_new_tokens,
                      batch_size=batch_size, seed=seed)
-    greedy_ok = score_all(items, [g[0].text for g in greedy])
-    flat_ok = score_all([it for it in items for _ in range(n)], [s.text for g in sampled for s in g])
+    greedy_ok = score(items, [g[0].text for g in greedy])
+    flat_ok = score([it for it in items for _ in range(n)], [s.text for g in sampled for s in g])
     counts = [sum(flat_ok[i * n:(i + 1) * n]) for i in range(len(items))]
     rows = []
     sources = sorted({it.source for it in items})

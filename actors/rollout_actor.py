@@ -14,11 +14,11 @@ from rollout_service.weights import BroadcastReceiver, load_from_url
 
 @ray.remote(max_concurrency=4)  # a weight update blocks one thread; submit/version need others
 class RolloutActor:
-    def __init__(self, config_json: str, model: str | None = None) -> None:
+    def __init__(self, config_json: str, model: str | None = None, version: int = 0) -> None:
         cfg = RunConfig.model_validate_json(config_json)
         if not cfg.redis.url:
             raise ValueError("redis.url: the rollout actor streams into Redis; start one first")
-        self._engine = Engine(model or cfg.rollout.model, cfg.rollout)
+        self._engine = Engine(model or cfg.rollout.model, cfg.rollout, version=version)
         self._rollouts = Rollouts(self._engine, connect(cfg.redis.url), cfg.run.name, cfg.rollout,
                                   cfg.redis.rollouts_max_len)
         self._receiver = BroadcastReceiver(self._engine)

@@ -37,8 +37,8 @@ class TrainerActor:
         self.server = WeightServer(weights_dir, lc.http_host, 0, lc.keep_weight_versions)
         self._group_args = (lc.broadcast_host, lc.broadcast_port, broadcast_world_size, lc.broadcast_backend)
         self.publisher: Publisher | None = None
-        self._unacked: list[bytes] = []
         self._lags: list[int] = []
+        self._rewards: list[float] = []
         self._groups_read = 0
 
     def join_broadcast(self) -> None:
@@ -52,8 +52,12 @@ class TrainerActor:
         """Move whatever scored groups are waiting into the batcher; returns how many."""
         entries = self.consumer.read(count=self.cfg.learner.read_batch, block_ms=block_ms)
         self._lags += [self.learner.version - e.group.policy_version for e in entries]
+        self._rewards += [float(r) for e in entries for r in e.group.rewards]
         self.learner.add_groups(e.group for e in entries)
-        self._unacked += [e.id for e in entries]
+        # Acked once in the batcher: filtered and stale groups must leave the stream, or they
+        # would hold the backlog bound shut. What is buffered lives in this process until the
+        # next step, and in the emergency checkpoint on Ctrl-C (batcher state included).
+        self.consumer.ack([e.id for e in entries])
         self._groups_read += len(entries)
         return len(entries)
 
@@ -61,7 +65,7 @@ class TrainerActor:
         return self.learner.batcher.ready(self.learner.version)
 
     def step(self, timeout_s: float = 600.0) -> dict[str, Any] | None:
-        """Read until one step's token budget is buffered, train it, ack what it consumed."""
+        """Read until one step's token budget is buffered, then train it."""
         deadline = time.monotonic() + timeout_s
         waited = time.monotonic()
         while not self.ready():
@@ -70,14 +74,14 @@ class TrainerActor:
             self.ingest()
         wait_s = time.monotonic() - waited
         metrics = self.learner.train_ready(max_steps=1)[0]
-        # Groups are remembered by id in the batcher, so a redelivery after a crash is dropped.
-        self.consumer.ack(self._unacked)
-        self._unacked = []
         lags, self._lags = self._lags, []
+        rewards, self._rewards = self._rewards, []
         self.client.hset(self.keys.learner_state, mapping={"version": self.learner.version})
         return {**metrics, "version": self.learner.version, "data_wait_s": wait_s,
                 "staleness_max": max(lags, default=0),
                 "staleness_mean": sum(lags) / len(lags) if lags else 0.0,
+                "reward": sum(rewards) / len(rewards) if rewards else float("nan"),
+                "groups_ingested": len(lags),
                 **{f"count_{k}": v for k, v in self.learner.counters().items()}}
 
     def publish(self) -> dict[str, Any]:
@@ -86,6 +90,9 @@ class TrainerActor:
         t = time.monotonic()
         record = self.publisher.publish(self.learner.model, self.learner.version)
         return {**record.model_dump(), "publish_s": time.monotonic() - t}
+
+    def version(self) -> int:
+        return self.learner.version
 
     def counters(self) -> dict[str, int]:
         return {**self.learner.counters(), "groups_read": self._groups_read}

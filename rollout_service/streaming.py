@@ -82,6 +82,7 @@ class Rollouts:
         self._lock = threading.Lock()
         self._active = 0  # submitted, group not yet written
         self.written = 0
+        self.tokens_written = 0
         self.error: BaseException | None = None
         self._threads = [threading.Thread(target=self._guard, args=(f,), daemon=True, name=n)
                          for f, n in ((self._admit_loop, "rollout-admit"), (self._write_loop, "rollout-write"))]
@@ -137,7 +138,7 @@ class Rollouts:
 
     def stats(self) -> dict[str, int]:
         return {"pending": self._pending.qsize(), "active": self._active, "written": self.written,
-                "version": self.engine.version}
+                "tokens_written": self.tokens_written, "version": self.engine.version}
 
     def health(self) -> dict[str, object]:
         return {"ok": self.error is None, **self.stats(),
@@ -224,3 +225,4 @@ class Rollouts:
             with self._lock:
                 self._active -= len(batch)
                 self.written += len(batch)
+                self.tokens_written += sum(len(r.token_ids) for g in batch for r in g.responses)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import typer
 from pydantic import Field
@@ -20,7 +20,9 @@ from actors.tasks import TaskDataError, TasksConfig, build_tasks, sft_examples, 
 
 
 class ModelSection(Section):
-    arch: str = Field(default="qwen3_moe", description="Tiny model architecture built when sft.init_model is empty.")
+    # Same names as learner.models.tiny.Arch, spelled out so loading a config does not import torch.
+    arch: Literal["qwen3_moe", "qwen2_moe", "mixtral", "olmoe", "qwen3", "qwen2"] = Field(
+        default="qwen3_moe", description="Tiny model architecture built when sft.init_model is empty.")
     vocab_size: int = Field(default=640, gt=2, description="BPE vocabulary asked of the tokenizer trainer.")
     seed: int = Field(default=0, description="Initialisation seed of the tiny model.")
 
@@ -41,7 +43,7 @@ def run_sft(cfg: SFTRunConfig, eval_n: int, console: Console) -> list[dict[str, 
     sft = cfg.sft
     if not sft.init_model:
         init = Path(sft.output_dir) / "init"
-        build_tiny_model(init, cfg.model.arch, texts=tokenizer_corpus(cfg.tasks), seed=cfg.model.seed,  # type: ignore[arg-type]
+        build_tiny_model(init, cfg.model.arch, texts=tokenizer_corpus(cfg.tasks), seed=cfg.model.seed,
                          vocab_size=cfg.model.vocab_size)
         sft = sft.model_copy(update={"init_model": str(init)})
         console.print(f"built tiny {cfg.model.arch} model at {init}")

@@ -50,8 +50,9 @@ def build_tasks(cfg: TasksConfig, split: Split, task: TaskKind | None = None) ->
 def tokenizer_corpus(cfg: TasksConfig) -> list[str]:
     """Prompts and teacher solutions of both splits: text for `learner.models.tiny.train_tokenizer`."""
     texts = []
-    for split in ("train", "held_out"):
-        for it in build_tasks(cfg, split):  # type: ignore[arg-type]
+    splits: tuple[Split, ...] = ("train", "held_out")
+    for split in splits:
+        for it in build_tasks(cfg, split):
             texts.append(it.prompt + (it.solution or ""))
     return texts
 

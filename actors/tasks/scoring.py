@@ -13,13 +13,20 @@ import subprocess
 import sys
 import tempfile
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 from protocol.schema import CodeReference, MathReference
 from reward_service.extract import last_boxed, program
 
 from actors.tasks.items import TaskItem
+
+if TYPE_CHECKING:
+    from reward_service.scorer import Scorer
+
+ScoreFn = Callable[[Sequence[TaskItem], Sequence[str]], list[bool]]
+"""(items, responses) -> correct?, one per pair: the local check or the reward service's."""
 
 CODE_TIMEOUT_S = 5.0
 
@@ -81,3 +88,14 @@ def score_all(items: Sequence[TaskItem], responses: Sequence[str], workers: int 
         raise ValueError(f"{len(items)} items but {len(responses)} responses")
     with ThreadPoolExecutor(workers) as pool:
         return list(pool.map(is_correct, items, responses))
+
+
+def with_reward_service(scorer: Scorer) -> ScoreFn:
+    """The official verdicts (Math-Verify, sandbox) as a ScoreFn, for eval and selection tables."""
+    from reward_service.scorer import Item
+
+    def score(items: Sequence[TaskItem], responses: Sequence[str]) -> list[bool]:
+        verdicts = scorer.score([Item(it.task, r, it.reference) for it, r in zip(items, responses, strict=True)])
+        return [v.status.value == "correct" for v in verdicts]
+
+    return score

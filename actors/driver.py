@@ -1,0 +1,161 @@
+"""`ringrl train`: the whole Ring-lite recipe in one run — SFT, entropy-based checkpoint choice,
+then the RL stages in order, each starting from the last weights of the one before."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from actors.evaluate import evaluate
+from actors.plots import plot_metrics
+from actors.redis_server import LocalRedis, start_local_redis
+from actors.run_log import RunLog
+from actors.stage import StageResult, StageRunner
+from actors.tasks import build_tasks, sft_examples, tokenizer_corpus
+from actors.train_config import StageConfig, TrainConfig
+
+ENGINE_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1",
+              "VLLM_HOST_IP": "127.0.0.1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+@dataclass
+class StageSummary:
+    name: str
+    steps: int
+    before: float
+    after: float
+    seconds: float
+    accounting: dict[str, int]
+
+
+def prepare_model(cfg: TrainConfig, out: Path, console: Console) -> str:
+    if cfg.model.path:
+        return cfg.model.path
+    from learner.models.tiny import build_tiny_model
+
+    m = cfg.model
+    path = build_tiny_model(out / "init", m.arch, texts=tokenizer_corpus(cfg.tasks), seed=cfg.run.seed,
+                            vocab_size=m.vocab_size, hidden=m.hidden, layers=m.layers, experts=m.experts,
+                            top_k=m.top_k, expert_ffn=m.expert_ffn)
+    console.print(f"built tiny {m.arch} model at {path}")
+    return str(path)
+
+
+def distil(cfg: TrainConfig, init: str, out: Path, console: Console) -> list[str]:
+    from learner.sft import train_sft
+
+    sft = cfg.sft.model_copy(update={"init_model": init, "output_dir": str(out / "sft")})
+    examples = sft_examples(build_tasks(cfg.tasks, "train"))
+    console.rule(f"SFT: {len(examples)} teacher examples, {sft.max_minutes} min")
+    return [str(c.path) for c in train_sft(sft, examples, console=console)]
+
+
+def choose_start(cfg: TrainConfig, checkpoints: list[str], console: Console) -> str:
+    from actors.entropy import select_checkpoint
+
+    if len(checkpoints) == 1:
+        return checkpoints[0]
+    console.rule("checkpoint selection (entropy band)")
+    sel = cfg.selection
+    probe = build_tasks(cfg.tasks.model_copy(update={"train_size": sel.probe_size}), "train")
+    held = build_tasks(cfg.tasks.model_copy(update={"held_out_size": sel.eval_size}), "held_out")
+    chosen, _ = select_checkpoint(checkpoints, probe, held, sel, console)
+    return chosen.path
+
+
+def held_out_accuracy(cfg: TrainConfig, path: str, stage: StageConfig) -> float:
+    tasks = cfg.tasks.model_copy(update={"sources": stage.sources, "held_out_size": cfg.eval_size})
+    rows = evaluate(path, build_tasks(tasks, "held_out"), k=1, samples=1,
+                    max_new_tokens=stage.max_new_tokens, seed=cfg.run.seed)
+    return rows[-1].greedy_pass1
+
+
+def run_stage(cfg: TrainConfig, stage: StageConfig, path: str, version: int, step0: int, redis_url: str,
+              out: Path, log: RunLog, console: Console) -> StageResult:
+    items = build_tasks(cfg.tasks.model_copy(update={"sources": stage.sources}), "train")
+    console.rule(f"RL stage {stage.name}: {len(items)} prompts, {stage.steps} steps x "
+                 f"{stage.token_budget} tokens ({'async' if cfg.asynchronous else 'sync'})")
+    runner = StageRunner(cfg, stage, items, path, version, redis_url, out / "stages" / stage.name)
+    try:
+        with Progress(TextColumn(f"[bold]{stage.name}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                      TimeElapsedColumn(), console=console, transient=True) as bar:
+            task = bar.add_task(stage.name, total=stage.steps)
+            last_t, last_tokens = time.monotonic(), runner.rollout_stats()["tokens_written"]
+            for i in range(stage.steps):
+                m = runner.step()
+                now, gen = time.monotonic(), runner.rollout_stats()["tokens_written"]
+                row: dict[str, Any] = {"step": step0 + i + 1, "stage": stage.name, "stage_step": i + 1,
+                                       "rollout_tok_s": (gen - last_tokens) / (now - last_t),
+                                       "train_tok_s": m["tokens"] / max(m["step_time_s"], 1e-9),
+                                       "wall_s": now, **m}
+                last_t, last_tokens = now, gen
+                log.log(row)
+                bar.advance(task)
+    except BaseException:
+        runner.emergency_checkpoint(out / "checkpoints")
+        raise
+    return runner.finish(out / "stages" / stage.name / "final")
+
+
+def summary_table(rows: list[StageSummary]) -> Table:
+    t = Table(title="ringrl train: held-out greedy accuracy per stage")
+    for col in ("stage", "steps", "before RL", "after RL", "gain", "minutes", "groups generated",
+                "trained tokens", "filtered groups", "stale groups"):
+        t.add_column(col, justify="right")
+    for r in rows:
+        a = r.accounting
+        t.add_row(r.name, str(r.steps), f"{r.before:.3f}", f"{r.after:.3f}", f"{r.after - r.before:+.3f}",
+                  f"{r.seconds / 60:.1f}", str(a.get("generated_groups", "")), str(a.get("tokens_trained", "")),
+                  str(a.get("groups_filtered", "")), str(a.get("groups_stale", "")))
+    return t
+
+
+def train(cfg: TrainConfig, console: Console) -> list[StageSummary]:
+    import ray
+
+    out = Path(cfg.run.output_dir) / cfg.run.name
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json", by_alias=True), sort_keys=False))
+    os.environ.update(ENGINE_ENV)
+    local: LocalRedis | None = None if cfg.redis.url else start_local_redis(out / "redis")
+    redis_url = cfg.redis.url or local.url  # type: ignore[union-attr]
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
+             runtime_env={"env_vars": ENGINE_ENV})
+    log = RunLog(out, console)
+    summaries: list[StageSummary] = []
+    try:
+        start = time.monotonic()
+        path = choose_start(cfg, distil(cfg, prepare_model(cfg, out, console), out, console), console) \
+            if cfg.sft.max_minutes or cfg.sft.max_steps else prepare_model(cfg, out, console)
+        log.log({"step": 0, "stage": "sft", "sft_minutes": (time.monotonic() - start) / 60}, line=False)
+        version, step = 0, 0
+        for stage in cfg.stages:
+            t0 = time.monotonic()
+            before = held_out_accuracy(cfg, path, stage)
+            log.log({"step": step, "stage": stage.name, "heldout_acc": before})
+            result = run_stage(cfg, stage, path, version, step, redis_url, out, log, console)
+            after = held_out_accuracy(cfg, result.model_path, stage)
+            step += result.steps
+            log.log({"step": step, "stage": stage.name, "heldout_acc": after})
+            summaries.append(StageSummary(stage.name, result.steps, before, after, time.monotonic() - t0,
+                                          result.accounting))
+            (out / "stages" / stage.name / "accounting.yaml").write_text(yaml.safe_dump(result.accounting))
+            path, version = result.model_path, result.version
+        plots = plot_metrics(log.rows, out / "plots")
+        console.print(summary_table(summaries))
+        console.print(f"final weights: {path}\nplots: {', '.join(str(p) for p in plots)}\n"
+                      f"metrics: {log.path}   tensorboard: {out / 'tensorboard'}")
+        return summaries
+    finally:
+        log.close()
+        ray.shutdown()
+        if local is not None:
+            local.stop()
