@@ -140,11 +140,11 @@ def train(cfg: TrainConfig, console: Console) -> list[StageSummary]:
         for stage in cfg.stages:
             t0 = time.monotonic()
             before = held_out_accuracy(cfg, path, stage)
-            log.log({"step": step, "stage": stage.name, "heldout_acc": before})
+            log.log({"step": step, "stage": stage.name, "accuracy": before})
             result = run_stage(cfg, stage, path, version, step, redis_url, out, log, console)
             after = held_out_accuracy(cfg, result.model_path, stage)
             step += result.steps
-            log.log({"step": step, "stage": stage.name, "heldout_acc": after})
+            log.log({"step": step, "stage": stage.name, "accuracy": after})
             summaries.append(StageSummary(stage.name, result.steps, before, after, time.monotonic() - t0,
                                           result.accounting))
             (out / "stages" / stage.name / "accounting.yaml").write_text(yaml.safe_dump(result.accounting))

@@ -82,7 +82,9 @@ class StageRunner:
         self.keys = RunKeys(cfg.run.name)
         self.client = connect(redis_url)
         self.prompts = prompt_stream(items, stage, cfg.run.seed + version)
-        self.trainer = TrainerActor.options(num_cpus=1).remote(
+        # One intra-op thread for the learner: it shares the machine with the engine's pinned
+        # thread pool, and oversubscribed OpenMP pools spin against each other (10x slower).
+        self.trainer = TrainerActor.options(num_cpus=1, runtime_env={"env_vars": {"OMP_NUM_THREADS": str(cfg.learner_threads)}}).remote(
             cj, model_path, version, str(out_dir / "weights"), 2)
         self.rollout = RolloutActor.options(num_cpus=1).remote(cj, model_path, version)
         self.rewards = [RewardActor.options(num_cpus=0).remote(cj, i) for i in range(cfg.reward_workers)]
@@ -98,8 +100,21 @@ class StageRunner:
         return list(itertools.islice(self.prompts, self.stage.prompts_per_round))
 
     def _feed_forever(self) -> None:
+        # submit() blocks while the engine's queue is full; poll so that stop() is honoured at
+        # once and no thread touches Ray after the driver shuts it down.
+        pending = None
         while not self._stop.is_set():
-            ray.get(self.rollout.submit.remote(self._next_round()))
+            if pending is None:
+                pending = self.rollout.submit.remote(self._next_round())
+            done, _ = ray.wait([pending], timeout=0.5)
+            if done:
+                ray.get(pending)
+                pending = None
+
+    def _stop_feeder(self) -> None:
+        self._stop.set()
+        if self._feeder is not None:
+            self._feeder.join(10)
 
     def _drain(self, timeout_s: float = 600.0) -> None:
         """Wait until every generated group has reached the learner's batcher."""
@@ -148,7 +163,7 @@ class StageRunner:
 
     def emergency_checkpoint(self, root: Path) -> None:
         """On Ctrl-C or a failure: keep a resumable checkpoint of the learner, if it still answers."""
-        self._stop.set()
+        self._stop_feeder()
         try:
             print(f"saved learner checkpoint {ray.get(self.trainer.checkpoint.remote(str(root)), timeout=120)}")
         except Exception as exc:  # the learner itself may be what failed
@@ -156,11 +171,9 @@ class StageRunner:
 
     def finish(self, save_to: Path) -> StageResult:
         """Stop feeding, let everything in flight land, account for every group, save weights."""
-        self._stop.set()
+        self._stop_feeder()
         if self._update is not None:
             ray.get(self._update)
-        if self._feeder is not None:
-            self._feeder.join(600)
         self._drain()
         counters = ray.get(self.trainer.counters.remote())
         rollout = self.rollout_stats()

@@ -58,6 +58,8 @@ class TrainConfig(RunConfig):
     asynchronous: bool = Field(
         default=True, alias="async",
         description="true: rollouts stream while the learner trains; false: generate, score, train in turn.")
+    learner_threads: int = Field(
+        default=1, gt=0, description="torch threads of the learner actor (keep engine + learner <= cores).")
     reward_workers: int = Field(default=1, gt=0, description="Reward worker actors.")
     eval_size: int = Field(default=100, ge=0, description="Held-out items per source for eval after each stage.")
 

@@ -105,6 +105,8 @@ def train_sft(cfg: SFTConfig, examples: Sequence[tuple[str, str]],
     """
     if not cfg.init_model:
         raise ValueError("sft.init_model: no model folder given")
+    if not (Path(cfg.init_model) / "config.json").is_file():
+        raise ValueError(f"sft.init_model: {cfg.init_model} is not a model folder (no config.json)")
     if cfg.max_steps == 0 and cfg.max_minutes == 0:
         raise ValueError("sft: set max_steps or max_minutes, or training never ends")
     console = console or Console()

@@ -80,6 +80,8 @@ def _engine_env(config: RolloutConfig) -> None:
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(config.kv_cache_gib))
     os.environ.setdefault("VLLM_HOST_IP", "127.0.0.1")
+    if config.cpu_threads_bind:
+        os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", config.cpu_threads_bind)
 
 
 class Engine:

@@ -212,8 +212,9 @@ def test_interpreter_changes_do_not_carry_over(scorer: Scorer) -> None:
     """A program that rewires builtins and modules affects only itself."""
     hostile = ("import builtins, math, sys\n"
                "builtins.print = lambda *a, **k: None\nbuiltins.len = lambda x: 42\n"
-               "math.pi = 3\nsys.modules['json'] = None\nsys.path.insert(0, '/tmp')\n"
-               "open('/tmp/math.py', 'w').write('pi = 3')\n")
+               "math.pi = 3\nsys.modules['json'] = None\nsys.path.insert(0, '/tmp')\n")
+    if scorer.cfg.sandbox.backend != "rlimit":  # rlimit's /tmp is the host's (docs/reward.md)
+        hostile += "open('/tmp/math.py', 'w').write('pi = 3')\n"
     probe = "import json, math, sys\nprint(len([1]), math.pi, '/tmp' in sys.path)"
     for _ in range(scorer.cfg.code_concurrency + 1):
         scorer.sandbox.run(hostile)

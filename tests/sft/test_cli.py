@@ -58,3 +58,9 @@ def test_sft_then_select_then_eval_end_to_end(tmp_path: Path) -> None:
                "--task", "math")
     assert r.returncode == 0, r.stderr
     assert "pass@2" in r.stdout
+
+
+def test_sft_with_missing_init_model(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"sft:\n  init_model: {tmp_path / 'none'}\n  output_dir: {tmp_path / 'out'}\n")
+    _one_line_error(ringrl("sft", str(cfg)), "sft.init_model:")
