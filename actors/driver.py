@@ -92,10 +92,10 @@ def run_stage(cfg: TrainConfig, stage: StageConfig, path: str, version: int, ste
             for i in range(stage.steps):
                 m = runner.step()
                 now, gen = time.monotonic(), runner.rollout_stats()["tokens_written"]
-                row: dict[str, Any] = {"step": step0 + i + 1, "stage": stage.name, "stage_step": i + 1,
+                row: dict[str, Any] = {**m, "step": step0 + i + 1, "stage": stage.name, "stage_step": i + 1,
                                        "rollout_tok_s": (gen - last_tokens) / (now - last_t),
                                        "train_tok_s": m["tokens"] / max(m["step_time_s"], 1e-9),
-                                       "wall_s": now, **m}
+                                       "wall_s": now}
                 last_t, last_tokens = now, gen
                 log.log(row)
                 bar.advance(task)

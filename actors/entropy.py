@@ -154,7 +154,7 @@ def selection_table(stats: Sequence[CheckpointStats], chosen: CheckpointStats | 
                     hi: float) -> Table:
     table = Table(title=f"checkpoint selection (entropy band [{lo:g}, {hi:g}])")
     table.add_column("checkpoint", no_wrap=True, min_width=max((len(_short(s.path)) for s in stats), default=10))
-    for col in ("entropy", "held-out acc", "mean tokens", "in band", "chosen"):
+    for col in ("entropy", "held-out acc", "tokens", "in band", "chosen"):
         table.add_column(col, justify="right", no_wrap=True)
     for s in stats:
         table.add_row(_short(s.path), f"{s.entropy:.3f}", "-" if math.isnan(s.accuracy) else f"{s.accuracy:.3f}",

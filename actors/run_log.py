@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 
 from actors.plots import TensorBoardLogger
 
@@ -32,7 +33,7 @@ class RunLog:
         self._file.flush()
         self.tb.log(clean)
         if line:
-            parts = [f"[{row.get('stage', '')}] step {row['step']:>4}"]
+            parts = [escape(f"[{row.get('stage', '')}]") + f" step {row['step']:>4}"]
             parts += [fmt.format(row[k]) for k, fmt in LINE_FIELDS if isinstance(row.get(k), (int, float))]
             self.console.print("  ".join(parts), highlight=False)
 
