@@ -45,6 +45,7 @@ def start_local_redis(workdir: Path, timeout_s: float = 10.0) -> LocalRedis:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    workdir = workdir.resolve()  # redis-server chdirs into --dir; relative paths would break
     workdir.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen(
         [redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly",

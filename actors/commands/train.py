@@ -34,5 +34,5 @@ def register(app: typer.Typer) -> None:
         try:
             run(cfg, console)
         except KeyboardInterrupt:
-            console.print("interrupted: actors and Redis stopped, learner checkpoint saved")
+            console.print("interrupted: actors and Redis stopped")
             raise typer.Exit(130)
