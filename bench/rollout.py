@@ -33,6 +33,7 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
+from bench.common import redis_server  # noqa: E402
 from learner.models.tiny import build_tiny_model  # noqa: E402
 from protocol.codec import decode_group  # noqa: E402
 from protocol.config.rollout import RolloutConfig  # noqa: E402
@@ -54,24 +55,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def start_redis(workdir: Path) -> tuple[subprocess.Popen, str]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise SystemExit("bench needs redis-server on PATH")
-    port = free_port()
-    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no", "--dir", str(workdir)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    client = redis.Redis(port=port)
-    for _ in range(200):
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            time.sleep(0.05)
-    return proc, f"redis://127.0.0.1:{port}/0"
 
 
 def prompts(k: int) -> list[str]:
@@ -229,14 +212,10 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="ringrl-bench-") as tmp:
         workdir = Path(tmp)
-        proc, url = start_redis(workdir)
-        try:
+        with redis_server() as url:
             bench_throughput(workdir, args, url)
             if not args.skip_updates:
                 bench_updates(workdir)
-        finally:
-            proc.terminate()
-            proc.wait(10)
 
 
 if __name__ == "__main__":
