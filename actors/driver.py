@@ -135,7 +135,7 @@ def train(cfg: TrainConfig, console: Console) -> list[StageSummary]:
         start = time.monotonic()
         path = choose_start(cfg, distil(cfg, prepare_model(cfg, out, console), out, console), console) \
             if cfg.sft.max_minutes or cfg.sft.max_steps else prepare_model(cfg, out, console)
-        log.log({"step": 0, "stage": "sft", "sft_minutes": (time.monotonic() - start) / 60}, line=False)
+        log.log({"step": 0, "sft_minutes": (time.monotonic() - start) / 60}, line=False)
         version, step = 0, 0
         for stage in cfg.stages:
             t0 = time.monotonic()

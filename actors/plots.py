@@ -65,11 +65,18 @@ def plot_metrics(rows: Sequence[Mapping[str, Any]], out_dir: str | Path,
     stages = _stage_starts(rows)
     written = []
     for key in keys:
-        points = [(float(r["step"]), float(r[key])) for r in rows if _finite(r.get(key))]
-        if not points:
+        # One line per stage: stages measure different task sets, so joining them would draw a
+        # trend that is not there.
+        by_stage: dict[str, list[tuple[float, float]]] = {}
+        for r in rows:
+            if _finite(r.get(key)):
+                by_stage.setdefault(str(r.get("stage", "")), []).append((float(r["step"]), float(r[key])))
+        if not by_stage:
             continue
         fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
-        ax.plot([p[0] for p in points], [p[1] for p in points], marker="." if len(points) < 50 else None)
+        for points in by_stage.values():
+            ax.plot([p[0] for p in points], [p[1] for p in points], color="C0",
+                    marker="." if len(points) < 50 else None)
         for step, name in stages:
             ax.axvline(step, color="grey", linestyle="--", linewidth=1)
             ax.annotate(name, (step, 1), xycoords=("data", "axes fraction"), xytext=(3, -12),

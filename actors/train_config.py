@@ -42,7 +42,6 @@ class StageConfig(Section):
         default=16, gt=0, description="Prompts handed to the engine at a time (sync mode: per step).")
     max_backlog_groups: int = Field(
         default=48, gt=0, description="Groups waiting in the streams above which the engine takes no new prompts.")
-    eval_every: int = Field(default=0, ge=0, description="Held-out greedy eval every this many steps (0: only at the end).")
 
 
 class TrainConfig(RunConfig):

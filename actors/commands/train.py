@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -30,7 +31,7 @@ def register(app: typer.Typer) -> None:
             cfg.run.name = name
         from actors.driver import train as run
 
-        console = Console()
+        console = Console(width=None if sys.stdout.isatty() else 150)  # logs keep whole tables
         try:
             run(cfg, console)
         except KeyboardInterrupt:
