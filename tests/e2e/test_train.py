@@ -22,16 +22,16 @@ def config(tmp: Path, asynchronous: bool) -> Path:
     cfg = {
         "run": {"name": "e2e", "output_dir": str(tmp / "runs"), "seed": 0},
         "tasks": {"train_size": 1500, "held_out_size": 20},
-        "sft": {"max_minutes": 1.5, "save_every_minutes": 0.75},
+        "sft": {"max_minutes": 2.5, "save_every_minutes": 1.25},
         "selection": {"probe_size": 8, "eval_size": 10},
         "learner": {"max_staleness": MAX_STALENESS, "checkpoint_every": 0},
         "rollout": {"max_model_len": 256, "cpu_threads_bind": "0"},
         "async": asynchronous,
         "stages": [
             {"name": "math", "sources": ["chain_sum", "leg_counting"], "steps": 3, "token_budget": BUDGET,
-             "max_new_tokens": 40, "n": 4, "prompts_per_round": 16, "warmup_steps": 0},
+             "max_new_tokens": 64, "n": 8, "prompts_per_round": 16, "warmup_steps": 0},
             {"name": "code", "sources": ["linear_fn"], "steps": 3, "token_budget": BUDGET,
-             "max_new_tokens": 40, "n": 4, "prompts_per_round": 16, "warmup_steps": 0},
+             "max_new_tokens": 64, "n": 8, "prompts_per_round": 16, "warmup_steps": 0},
         ],
         "eval_size": 10,
     }
