@@ -1,8 +1,8 @@
 """The learner as the driver sees it: one C3PO step per call, then a weight publication.
 
-`actors/learner_actor.py` runs the free-running services loop; a training run instead wants the
-driver to pace steps (progress, per-step lines, sync mode, stage ends), so this actor exposes the
-learner one step at a time. Data still comes from the scored stream, acked after the step.
+`learner/loop.py` is the free-running services loop; a training run instead wants the driver to
+pace steps (progress, per-step lines, sync mode, stage ends), so this actor exposes the learner
+one step at a time. Data comes from the scored stream and is acked once in the batcher.
 """
 
 from __future__ import annotations
