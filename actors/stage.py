@@ -84,7 +84,8 @@ class StageRunner:
         self.prompts = prompt_stream(items, stage, cfg.run.seed + version)
         # One intra-op thread for the learner: it shares the machine with the engine's pinned
         # thread pool, and oversubscribed OpenMP pools spin against each other (10x slower).
-        self.trainer = TrainerActor.options(num_cpus=1, runtime_env={"env_vars": {"OMP_NUM_THREADS": str(cfg.learner_threads)}}).remote(
+        threads = {"env_vars": {"OMP_NUM_THREADS": str(cfg.learner_threads)}}
+        self.trainer = TrainerActor.options(num_cpus=1, runtime_env=threads).remote(
             cj, model_path, version, str(out_dir / "weights"), 2)
         self.rollout = RolloutActor.options(num_cpus=1).remote(cj, model_path, version)
         self.rewards = [RewardActor.options(num_cpus=0).remote(cj, i) for i in range(cfg.reward_workers)]
@@ -134,6 +135,7 @@ class StageRunner:
 
     # ---- steps ------------------------------------------------------------------------------
     def step(self) -> dict[str, Any]:
+        t = time.monotonic()  # sync mode: the step's wall time includes its generation rounds
         if self.cfg.asynchronous:
             if self._feeder is None:
                 self._feeder = threading.Thread(target=self._feed_forever, daemon=True, name="feeder")
@@ -142,11 +144,16 @@ class StageRunner:
             while not ray.get(self.trainer.ready.remote()):
                 ray.get(self.rollout.submit.remote(self._next_round()))
                 self._drain()
-        t = time.monotonic()
+        t_train = time.monotonic()
         metrics = ray.get(self.trainer.step.remote())
         if metrics is None:
-            raise TimeoutError(f"stage {self.stage.name}: no full token budget arrived in time")
-        train_s = time.monotonic() - t
+            counts = ray.get(self.trainer.counters.remote())
+            raise TimeoutError(
+                f"stage {self.stage.name}: no full token budget of groups with mixed rewards arrived "
+                f"({counts['groups_filtered']} of {counts['groups_in']} groups had equal rewards): "
+                "the start checkpoint solves none (or all) of these prompts; train SFT longer or "
+                "raise the stage's n")
+        train_s = time.monotonic() - t_train
         if self._update is not None:  # the previous version must be loaded before the next is sent
             ray.get(self._update)
         publish = self.trainer.publish.remote()

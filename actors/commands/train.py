@@ -34,6 +34,8 @@ def register(app: typer.Typer) -> None:
         console = Console(width=None if sys.stdout.isatty() else 150)  # logs keep whole tables
         try:
             run(cfg, console)
+        except TimeoutError as exc:  # a run that cannot make progress: say why, not a traceback
+            fail(str(exc), code=1)
         except KeyboardInterrupt:
             console.print("interrupted: actors and Redis stopped")
             raise typer.Exit(130)
