@@ -23,10 +23,11 @@ from typing import Any
 
 import redis
 import torch
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 from safetensors.torch import save_file
 
 from protocol import weight_transfer as wt
+from protocol.metrics import observability_handler
 from protocol.streams import RunKeys
 from protocol.weights import WeightVersion
 
@@ -80,26 +81,24 @@ class WeightServer:
 
 
 def _handler(server: WeightServer) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-            if self.path == "/metrics":
-                return self._send(200, generate_latest(server.registry), CONTENT_TYPE_LATEST)
-            if self.path == "/healthz":
-                status = server.health()
-                return self._json(200 if status.get("ok") else 503, status)
-            if self.path == "/v1/weights/latest":
+    class Handler(observability_handler(server.registry, server.health)):  # type: ignore[misc]
+        def route(self, path: str) -> bool:
+            if path == "/v1/weights/latest":
                 if server.latest is None:
-                    return self._json(404, {"detail": "no weight version published yet"})
-                return self._send(200, server.latest.model_dump_json().encode(), "application/json")
-            m = re.fullmatch(r"/v1/weights/(\w+)", self.path)
-            if m:
-                if not m.group(1).isdigit():
-                    return self._json(400, {"detail": "version: must be a non-negative integer or 'latest'"})
-                path = server.path(int(m.group(1)))
-                if not path.is_file():
-                    return self._json(404, {"detail": f"version: {m.group(1)} is not kept here"})
-                return self._file(path)
-            return self._json(404, {"detail": "not found"})
+                    self._json(404, {"detail": "no weight version published yet"})
+                else:
+                    self.send_body(200, server.latest.model_dump_json().encode(), "application/json")
+                return True
+            m = re.fullmatch(r"/v1/weights/(\w+)", path)
+            if m is None:
+                return super().route(path)
+            if not m.group(1).isdigit():
+                self._json(400, {"detail": "version: must be a non-negative integer or 'latest'"})
+            elif not server.path(int(m.group(1))).is_file():
+                self._json(404, {"detail": f"version: {m.group(1)} is not kept here"})
+            else:
+                self._file(server.path(int(m.group(1))))
+            return True
 
         def _file(self, path: Path) -> None:
             try:
@@ -115,17 +114,7 @@ def _handler(server: WeightServer) -> type[BaseHTTPRequestHandler]:
                 shutil.copyfileobj(f, self.wfile)
 
         def _json(self, code: int, body: dict[str, Any]) -> None:
-            self._send(code, json.dumps(body).encode(), "application/json")
-
-        def _send(self, code: int, body: bytes, ctype: str) -> None:
-            self.send_response(code)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
+            self.send_body(code, json.dumps(body).encode(), "application/json")
 
     return Handler
 

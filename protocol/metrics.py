@@ -36,22 +36,26 @@ def mount_observability(app: Any, registry: CollectorRegistry, health: Health) -
         return Response(body, status_code=code, media_type="application/json")
 
 
-def serve_observability(registry: CollectorRegistry, health: Health, host: str = "127.0.0.1",
-                        port: int = 0) -> ThreadingHTTPServer:
-    """Serve /metrics and /healthz from a daemon thread; for processes without a web app.
-
-    Port 0 picks a free port: read it back from `server.server_address[1]`.
-    """
+def observability_handler(registry: CollectorRegistry, health: Health) -> type[BaseHTTPRequestHandler]:
+    """A stdlib request handler serving /metrics and /healthz; subclass it and extend `route`
+    to serve more paths from the same port."""
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-            if self.path == "/metrics":
-                code, body, ctype = 200, generate_latest(registry), CONTENT_TYPE_LATEST
-            elif self.path == "/healthz":
-                code, body = _health_body(health)
-                ctype = "application/json"
+            if not self.route(self.path):
+                self.send_body(404, b'{"detail": "not found"}', "application/json")
+
+        def route(self, path: str) -> bool:
+            """Answer `path` and return True, or return False for a 404."""
+            if path == "/metrics":
+                self.send_body(200, generate_latest(registry), CONTENT_TYPE_LATEST)
+            elif path == "/healthz":
+                self.send_body(*_health_body(health), "application/json")
             else:
-                code, body, ctype = 404, b'{"detail": "not found"}', "application/json"
+                return False
+            return True
+
+        def send_body(self, code: int, body: bytes, ctype: str) -> None:
             self.send_response(code)
             self.send_header("Content-Type", ctype)
             self.send_header("Content-Length", str(len(body)))
@@ -61,6 +65,15 @@ def serve_observability(registry: CollectorRegistry, health: Health, host: str =
         def log_message(self, *args: object) -> None:
             pass
 
-    server = ThreadingHTTPServer((host, port), Handler)
+    return Handler
+
+
+def serve_observability(registry: CollectorRegistry, health: Health, host: str = "127.0.0.1",
+                        port: int = 0) -> ThreadingHTTPServer:
+    """Serve /metrics and /healthz from a daemon thread; for processes without a web app.
+
+    Port 0 picks a free port: read it back from `server.server_address[1]`.
+    """
+    server = ThreadingHTTPServer((host, port), observability_handler(registry, health))
     threading.Thread(target=server.serve_forever, daemon=True, name="observability").start()
     return server
