@@ -54,7 +54,10 @@ def distil(cfg: TrainConfig, init: str, out: Path, console: Console) -> list[str
 
     sft = cfg.sft.model_copy(update={"init_model": init, "output_dir": str(out / "sft")})
     examples = sft_examples(build_tasks(cfg.tasks, "train"))
-    console.rule(f"SFT: {len(examples)} teacher examples, {sft.max_minutes} min")
+    steps = f"{sft.max_steps} steps" if sft.max_steps else ""
+    minutes = f"{sft.max_minutes} min" if sft.max_minutes else ""
+    limit = " or ".join(x for x in (steps, minutes) if x)
+    console.rule(f"SFT: {len(examples)} teacher examples, batch {sft.batch_size}, {limit}")
     return [str(c.path) for c in train_sft(sft, examples, console=console)]
 
 

@@ -34,7 +34,7 @@ class RunLog:
         self.tb.log(clean)
         if line:
             parts = [escape(f"[{row.get('stage', '')}]") + f" step {row['step']:>4}"]
-            parts += [fmt.format(row[k]) for k, fmt in LINE_FIELDS if isinstance(row.get(k), (int, float))]
+            parts += [fmt.format(clean[k]) for k, fmt in LINE_FIELDS if isinstance(clean.get(k), (int, float))]
             self.console.print("  ".join(parts), highlight=False)
 
     def close(self) -> None:

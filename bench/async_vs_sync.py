@@ -37,7 +37,7 @@ def main() -> None:
     start = args.model
     if not start:
         base.sft.max_minutes = args.sft_minutes
-        base.sft.save_every_minutes = 0
+        base.sft.save_every_minutes = base.sft.save_every_steps = 0
         start = distil(base, prepare_model(base, out / "sft", console), out / "sft", console)[-1]
     results = {}
     for asynchronous in (True, False):

@@ -178,7 +178,8 @@ def train_sft(cfg: SFTConfig, examples: Sequence[tuple[str, str]],
                                   f"lr {sched.get_last_lr()[0]:.1e} | grad {grad_norm:.2f} | "
                                   f"{window_tokens / window_s / 1000:.1f}k tok/s")
                     window_tokens, window_s = 0, 0.0
-                if step in save_steps or trained_s / 60 >= next_save_min:
+                every = cfg.save_every_steps and step % cfg.save_every_steps == 0
+                if every or step in save_steps or trained_s / 60 >= next_save_min:
                     while trained_s / 60 >= next_save_min:
                         next_save_min += cfg.save_every_minutes
                     save()

@@ -22,6 +22,9 @@ class SFTConfig(Section):
     max_minutes: float = Field(
         default=6.0, ge=0, description="Stop after this much training time (0: no time limit).")
     save_steps: list[int] = Field(default_factory=list, description="Also save at these step numbers.")
+    save_every_steps: int = Field(
+        default=0, ge=0, description="Save a checkpoint every this many steps (0: never); with max_steps, "
+                                     "the checkpoints do not depend on the machine's speed.")
     save_every_minutes: float = Field(
         default=1.0, ge=0, description="Save a checkpoint every this much training time (0: never).")
     dtype: Literal["fp32", "bf16"] = Field(

@@ -32,6 +32,13 @@ def test_sft_lowers_loss_and_saves_loadable_checkpoints(tiny_model: Path, exampl
     assert _loss_on(saved[-1].path, sample) < _loss_on(tiny_model, sample) - 0.5
 
 
+def test_save_every_steps_saves_at_multiples_and_at_the_end(tiny_model: Path, examples: list[tuple[str, str]],
+                                                             tmp_path: Path) -> None:
+    cfg = SFTConfig(init_model=str(tiny_model), output_dir=str(tmp_path / "sft"), batch_size=8,
+                    warmup_steps=0, max_steps=12, max_minutes=0, save_every_steps=5, save_every_minutes=0)
+    assert [c.step for c in train_sft(cfg, examples)] == [5, 10, 12]
+
+
 def test_loss_mask_covers_completion_and_eos_only(tiny_model: Path) -> None:
     tok = AutoTokenizer.from_pretrained(tiny_model)
     (ex,) = _encode(tok, [("Question: What is 1 + 2?\nAnswer:\n", "\\boxed{3}")], 256)
