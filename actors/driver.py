@@ -26,12 +26,19 @@ ENGINE_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "
               "VLLM_HOST_IP": "127.0.0.1", "TOKENIZERS_PARALLELISM": "false"}
 
 
-@dataclass
+@dataclass(frozen=True)
+class HeldOut:
+    """Held-out accuracy of one checkpoint on one stage's sources."""
+    greedy: float
+    sampled: float  # mean over `eval_samples` responses per item at temperature 1: what RL optimises
+
+
+@dataclass(frozen=True)
 class StageSummary:
     name: str
     steps: int
-    before: float
-    after: float
+    before: HeldOut
+    after: HeldOut
     seconds: float
     accounting: dict[str, int]
 
@@ -74,11 +81,11 @@ def choose_start(cfg: TrainConfig, checkpoints: list[str], console: Console) -> 
     return chosen.path
 
 
-def held_out_accuracy(cfg: TrainConfig, path: str, stage: StageConfig) -> float:
+def held_out_accuracy(cfg: TrainConfig, path: str, stage: StageConfig) -> HeldOut:
     tasks = cfg.tasks.model_copy(update={"sources": stage.sources, "held_out_size": cfg.eval_size})
-    rows = evaluate(path, build_tasks(tasks, "held_out"), k=1, samples=1,
+    rows = evaluate(path, build_tasks(tasks, "held_out"), k=1, samples=cfg.eval_samples,
                     max_new_tokens=stage.max_new_tokens, seed=cfg.run.seed)
-    return rows[-1].greedy_pass1
+    return HeldOut(rows[-1].greedy_pass1, rows[-1].sampled_pass1)
 
 
 def run_stage(cfg: TrainConfig, stage: StageConfig, path: str, version: int, step0: int, redis_url: str,
@@ -109,13 +116,14 @@ def run_stage(cfg: TrainConfig, stage: StageConfig, path: str, version: int, ste
 
 
 def summary_table(rows: list[StageSummary]) -> Table:
-    t = Table(title="ringrl train: held-out greedy accuracy per stage")
-    for col in ("stage", "steps", "before RL", "after RL", "gain", "minutes", "groups generated",
-                "trained tokens", "filtered groups", "stale groups"):
+    t = Table(title="ringrl train: held-out accuracy per stage (greedy; sampled = mean pass@1 at T=1)")
+    for col in ("stage", "steps", "greedy before → after", "gain", "sampled before → after", "gain", "minutes",
+                "groups generated", "trained tokens", "filtered groups", "stale groups"):
         t.add_column(col, justify="right")
     for r in rows:
-        a = r.accounting
-        t.add_row(r.name, str(r.steps), f"{r.before:.3f}", f"{r.after:.3f}", f"{r.after - r.before:+.3f}",
+        a, b, f = r.accounting, r.before, r.after
+        t.add_row(r.name, str(r.steps), f"{b.greedy:.3f} → {f.greedy:.3f}", f"{f.greedy - b.greedy:+.3f}",
+                  f"{b.sampled:.3f} → {f.sampled:.3f}", f"{f.sampled - b.sampled:+.3f}",
                   f"{r.seconds / 60:.1f}", str(a.get("generated_groups", "")), str(a.get("tokens_trained", "")),
                   str(a.get("groups_filtered", "")), str(a.get("groups_stale", "")))
     return t
@@ -143,11 +151,11 @@ def train(cfg: TrainConfig, console: Console) -> list[StageSummary]:
         for stage in cfg.stages:
             t0 = time.monotonic()
             before = held_out_accuracy(cfg, path, stage)
-            log.log({"step": step, "stage": stage.name, "accuracy": before})
+            log.log({"step": step, "stage": stage.name, "accuracy": before.greedy, "accuracy_sampled": before.sampled})
             result = run_stage(cfg, stage, path, version, step, redis_url, out, log, console)
             after = held_out_accuracy(cfg, result.model_path, stage)
             step += result.steps
-            log.log({"step": step, "stage": stage.name, "accuracy": after})
+            log.log({"step": step, "stage": stage.name, "accuracy": after.greedy, "accuracy_sampled": after.sampled})
             summaries.append(StageSummary(stage.name, result.steps, before, after, time.monotonic() - t0,
                                           result.accounting))
             (out / "stages" / stage.name / "accounting.yaml").write_text(yaml.safe_dump(result.accounting))

@@ -15,7 +15,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 PLOTTED: dict[str, str] = {
     "reward": "mean reward",
-    "accuracy": "held-out accuracy",
+    "accuracy": "held-out greedy accuracy",
+    "accuracy_sampled": "held-out sampled pass@1",
     "entropy": "mean token entropy (nats)",
     "grad_norm": "gradient norm",
 }

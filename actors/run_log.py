@@ -12,7 +12,8 @@ from rich.markup import escape
 
 from actors.plots import TensorBoardLogger
 
-LINE_FIELDS = (("reward", "reward {:.3f}"), ("accuracy", "held-out {:.3f}"), ("entropy", "entropy {:.3f}"),
+LINE_FIELDS = (("reward", "reward {:.3f}"), ("accuracy", "held-out {:.3f}"),
+               ("accuracy_sampled", "sampled {:.3f}"), ("entropy", "entropy {:.3f}"),
                ("grad_norm", "gnorm {:.3f}"), ("tokens", "tokens {:.0f}"), ("staleness_max", "stale≤{:.0f}"),
                ("rollout_tok_s", "gen {:.0f} tok/s"), ("train_tok_s", "train {:.0f} tok/s"))
 

@@ -61,6 +61,9 @@ class TrainConfig(RunConfig):
         default=1, gt=0, description="torch threads of the learner actor (keep engine + learner <= cores).")
     reward_workers: int = Field(default=1, gt=0, description="Reward worker actors.")
     eval_size: int = Field(default=100, ge=0, description="Held-out items per source for eval after each stage.")
+    eval_samples: int = Field(
+        default=4, gt=0, description="Sampled responses (T=1) per held-out item for the sampled pass@1 "
+                                     "reported next to greedy accuracy.")
 
     model_config = {**RunConfig.model_config, "populate_by_name": True}
 

@@ -61,7 +61,7 @@ def main() -> None:
             per_stage[name] = (s[-1]["wall_s"] - s[0]["wall_s"]) / max(len(s) - 1, 1)
         results[mode] = {"rl_s": sum(s.seconds for s in summaries), "wall_s": wall,
                          "step_s": per_stage,
-                         "accuracy": {s.name: (s.before, s.after) for s in summaries},
+                         "accuracy": {s.name: (s.before.greedy, s.after.greedy) for s in summaries},
                          "staleness": max(r["staleness_max"] for r in steps)}
     table = Table(title=f"async vs sync: {args.steps} steps per stage, same start checkpoint, same budget")
     names = list(results["async"]["step_s"])
