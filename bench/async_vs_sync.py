@@ -61,18 +61,21 @@ def main() -> None:
             per_stage[name] = (s[-1]["wall_s"] - s[0]["wall_s"]) / max(len(s) - 1, 1)
         results[mode] = {"rl_s": sum(s.seconds for s in summaries), "wall_s": wall,
                          "step_s": per_stage,
-                         "accuracy": {s.name: (s.before.greedy, s.after.greedy) for s in summaries},
+                         "accuracy": {s.name: (s.before, s.after) for s in summaries},
                          "staleness": max(r["staleness_max"] for r in steps)}
     table = Table(title=f"async vs sync: {args.steps} steps per stage, same start checkpoint, same budget")
     names = list(results["async"]["step_s"])
     for col in ("mode", *[f"{n} s/step" for n in names], *[f"{n} speed-up" for n in names],
-                "stages wall incl. evals (s)", "max staleness", *[f"{n} acc before→after" for n in names]):
+                "stages wall incl. evals (s)", "max staleness",
+                *[f"{n} acc before→after (greedy / sampled)" for n in names]):
         table.add_column(col, justify="right")
     sync = results["sync"]["step_s"]
     for mode, r in results.items():
         table.add_row(mode, *[f"{r['step_s'][n]:.2f}" for n in names],
                       *[f"{sync[n] / r['step_s'][n]:.2f}x" for n in names], f"{r['rl_s']:.0f}",
-                      str(r["staleness"]), *[f"{b:.2f}→{a:.2f}" for b, a in r["accuracy"].values()])
+                      str(r["staleness"]),
+                      *[f"{b.greedy:.2f}→{a.greedy:.2f} / {b.sampled:.2f}→{a.sampled:.2f}"
+                        for b, a in r["accuracy"].values()])
     console.print(table)
 
 
