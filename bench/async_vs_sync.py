@@ -76,7 +76,7 @@ def main() -> None:
                       str(r["staleness"]),
                       *[f"{b.greedy:.2f}→{a.greedy:.2f} / {b.sampled:.2f}→{a.sampled:.2f}"
                         for b, a in r["accuracy"].values()])
-    console.print(table)
+    Console(width=200).print(table)  # wide enough for every column when logged to a file
 
 
 if __name__ == "__main__":
