@@ -12,6 +12,7 @@ import itertools
 import random
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -188,12 +189,15 @@ class StageRunner:
         version = ray.get(self.trainer.version.remote())
         for r in self.rewards:
             r.stop.remote()
-        ray.get(self._reward_runs)
+        verdicts: Counter[str] = Counter()
+        for stats in ray.get(self._reward_runs):
+            verdicts.update({k: v for k, v in stats.items() if k.startswith("status.")})
         ray.get(self.rollout.stop.remote())
         ray.get(self.trainer.close.remote())
         for actor in (self.trainer, self.rollout, *self.rewards):
             ray.kill(actor)
         self.client.delete(self.keys.rollouts, self.keys.scored)
+        # Verdict counts (correct, wrong, timeout, ...) show a reward path that silently scores 0.
         accounting = {"generated_groups": rollout["written"], "generated_tokens": rollout["tokens_written"],
-                      **counters}
+                      **counters, **{f"verdicts_{k.removeprefix('status.')}": v for k, v in sorted(verdicts.items())}}
         return StageResult(path, version, counters["steps"], accounting)

@@ -73,6 +73,8 @@ def test_every_group_and_token_is_accounted_for(run_dir: Path) -> None:
         assert a["generated_tokens"] == (a["tokens_trained"] + a["tokens_filtered"] + a["tokens_stale"]
                                          + a["tokens_dropped_leftover"] + a["tokens_buffered"]), a
         assert a["tokens_trained"] == 3 * BUDGET
+        # Every response got exactly one verdict from the reward service.
+        assert sum(v for k, v in a.items() if k.startswith("verdicts_")) == 8 * a["generated_groups"], a
 
 
 def test_weight_versions_are_monotonic_and_staleness_bounded(run_dir: Path) -> None:
