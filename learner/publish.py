@@ -94,10 +94,12 @@ def _handler(server: WeightServer) -> type[BaseHTTPRequestHandler]:
                 return super().route(path)
             if not m.group(1).isdigit():
                 self._json(400, {"detail": "version: must be a non-negative integer or 'latest'"})
-            elif not server.path(int(m.group(1))).is_file():
-                self._json(404, {"detail": f"version: {m.group(1)} is not kept here"})
+                return True
+            file = server.path(int(m.group(1)))
+            if file.is_file():
+                self._file(file)
             else:
-                self._file(server.path(int(m.group(1))))
+                self._json(404, {"detail": f"version: {m.group(1)} is not kept here"})
             return True
 
         def _file(self, path: Path) -> None:

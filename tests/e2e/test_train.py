@@ -15,6 +15,7 @@ import yaml
 pytestmark = pytest.mark.slow
 
 BUDGET = 768
+N = 8  # responses per prompt in both stages
 MAX_STALENESS = 2
 
 
@@ -32,9 +33,9 @@ def config(tmp: Path, asynchronous: bool) -> Path:
         "async": asynchronous,
         "stages": [
             {"name": "math", "sources": ["chain_sum", "leg_counting"], "steps": 3, "token_budget": BUDGET,
-             "max_new_tokens": 64, "n": 8, "prompts_per_round": 16, "warmup_steps": 0},
+             "max_new_tokens": 64, "n": N, "prompts_per_round": 16, "warmup_steps": 0},
             {"name": "code", "sources": ["linear_fn"], "steps": 3, "token_budget": BUDGET,
-             "max_new_tokens": 64, "n": 8, "prompts_per_round": 16, "warmup_steps": 0},
+             "max_new_tokens": 64, "n": N, "prompts_per_round": 16, "warmup_steps": 0},
         ],
         "eval_size": 10,
     }
@@ -74,7 +75,7 @@ def test_every_group_and_token_is_accounted_for(run_dir: Path) -> None:
                                          + a["tokens_dropped_leftover"] + a["tokens_buffered"]), a
         assert a["tokens_trained"] == 3 * BUDGET
         # Every response got exactly one verdict from the reward service.
-        assert sum(v for k, v in a.items() if k.startswith("verdicts_")) == 8 * a["generated_groups"], a
+        assert sum(v for k, v in a.items() if k.startswith("verdicts_")) == N * a["generated_groups"], a
 
 
 def test_weight_versions_are_monotonic_and_staleness_bounded(run_dir: Path) -> None:
