@@ -60,8 +60,8 @@ def prompt_stream(items: list[TaskItem], stage: StageConfig, seed: int) -> Itera
     for epoch in itertools.count():
         order = items[:]
         rng.shuffle(order)
-        for it in order:
-            yield {"prompt_id": f"{it.id}#{epoch}", "task": it.task.value, "prompt": it.prompt,
+        for pos, it in enumerate(order):
+            yield {"prompt_id": f"{it.id}#{epoch}.{pos}", "task": it.task.value, "prompt": it.prompt,
                    "reference": it.reference.model_dump(), "stage": stage.name}
 
 

@@ -15,21 +15,26 @@ from actors.tasks.splits import is_held_out
 
 Split = Literal["train", "held_out"]
 
-# A source with a small content space (linear_fn has 361 items) stops after this many draws per
-# wanted item instead of looping forever.
+# A source with no items on one side of the split stops after this many draws per wanted item
+# instead of looping forever.
 _DRAWS_PER_ITEM = 30
 
 
 def generate(source: Source, split: Split, size: int, seed: int, held_out_fraction: float) -> list[TaskItem]:
-    """Up to `size` distinct items of one source on one side of the content-hash split."""
+    """The first `size` items of one source's stream on one side of the content-hash split.
+
+    Repeats are kept: deduplicating would use up a source's small easy corner (two-term sums,
+    one-animal counts) within the first few hundred draws and leave a large split mostly hard
+    items, while a small one keeps the generator's mix. Drawn alike, both splits keep that mix.
+    """
     want_held_out = split == "held_out"
-    seen: dict[str, TaskItem] = {}
+    items: list[TaskItem] = []
     for item in islice(GENERATORS[source](seed), _DRAWS_PER_ITEM * size + 1000):
-        if len(seen) >= size:
+        if len(items) >= size:
             break
         if is_held_out(source, item.question, held_out_fraction) == want_held_out:
-            seen.setdefault(item.id, item)
-    return list(seen.values())
+            items.append(item)
+    return items
 
 
 def build_tasks(cfg: TasksConfig, split: Split, task: TaskKind | None = None) -> list[TaskItem]:

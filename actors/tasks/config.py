@@ -13,9 +13,11 @@ class TasksConfig(Section):
         description="Built-in generators to draw from (chain_sum, leg_counting: math; linear_fn: code).")
     train_size: int = Field(
         default=3000, ge=0,
-        description="Distinct train items per built-in source (fewer if the source has fewer).")
+        description="Train items per built-in source, drawn as the generator yields them (repeats kept, "
+                    "so train has the same difficulty mix as held-out).")
     held_out_size: int = Field(
-        default=100, ge=0, description="Distinct held-out items per built-in source.")
+        default=100, ge=0,
+        description="Held-out items per built-in source, drawn like train's (repeats kept).")
     held_out_fraction: float = Field(
         default=0.25, gt=0, lt=1,
         description="Share of each source's content space reserved for held-out (by content hash).")

@@ -52,6 +52,7 @@ def test_default_config_loads_and_stage_sections_are_specialised() -> None:
 def test_prompt_stream_cycles_through_epochs_with_distinct_ids() -> None:
     cfg = TrainConfig()
     items = build_tasks(cfg.tasks.model_copy(update={"train_size": 5, "sources": ["chain_sum"]}), "train")
+    items += items[:2]  # a train split may repeat an item; each draw still gets its own id
     stage = StageConfig(name="math", sources=["chain_sum"])
     got = list(itertools.islice(prompt_stream(items, stage, seed=1), 3 * len(items)))
     ids = [g["prompt_id"] for g in got]

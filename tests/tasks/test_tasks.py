@@ -25,7 +25,22 @@ def test_train_and_held_out_never_share_content(seeds: tuple[int, int]) -> None:
     held = build_tasks(SMALL.model_copy(update={"seed": seeds[1]}), "held_out")
     assert train and held
     assert not {(it.source, it.question) for it in train} & {(it.source, it.question) for it in held}
-    assert len({it.id for it in held}) == len(held)
+
+
+def _easy_share(items: list, source: str) -> float:
+    """Share of a math source's items in its small easy corner: two-term sums, one-animal counts."""
+    mine = [it.question for it in items if it.source == source]
+    easy = [q for q in mine if (q.count("+") + q.count("-") == 1 if source == "chain_sum" else "," not in q)]
+    return len(easy) / len(mine)
+
+
+@pytest.mark.parametrize("source", ["chain_sum", "leg_counting"])
+def test_large_train_split_keeps_the_held_out_difficulty_mix(source: str) -> None:
+    # A 2,000-item train split is far larger than the easy corner (200 two-term sums, 111
+    # one-animal counts), so drawing distinct items would leave it almost all hard.
+    cfg = TasksConfig(sources=[source], train_size=2000, held_out_size=200)
+    train, held = _easy_share(build_tasks(cfg, "train"), source), _easy_share(build_tasks(cfg, "held_out"), source)
+    assert train > 0.25 and abs(train - held) < 0.15, (train, held)
 
 
 def test_every_source_present_with_short_prompts() -> None:
@@ -62,10 +77,12 @@ def test_tokenizer_corpus_covers_prompts_and_solutions() -> None:
 
 
 def test_sft_examples_balance_small_sources() -> None:
-    items = build_tasks(TasksConfig(train_size=400), "train")
+    items = build_tasks(TasksConfig(train_size=60, sources=["chain_sum"]), "train")
+    items += [linear_fn_item(a, 1) for a in range(6)]
     pairs = sft_examples(items)
     code = [p for p in pairs if "def f" in p[1]]
-    assert len(code) == len(pairs) // 3
+    assert len(code) == 60 and len(pairs) == 120
+    assert len(sft_examples(items, balance=False)) == 66
 
 
 def _write(tmp_path: Path, lines: list[object]) -> Path:
