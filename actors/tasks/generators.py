@@ -77,7 +77,11 @@ def leg_counting(seed: int) -> Iterator[TaskItem]:
 def linear_fn_item(a: int, b: int) -> TaskItem:
     question = f"Write f with f(0)={b}, f(1)={a + b}, f(2)={2 * a + b}."
     body = f"{a} * x {'-' if b < 0 else '+'} {abs(b)}"
-    solution = f"```python\ndef f(x):\n    return {body}\n```"
+    # The slope is worked out in a comment, f(1) - f(0) in the `x op y = z` form of chain_sum's
+    # lines: a held-out item's slope is a sum the math tasks teach, not a fact only its own
+    # (held-out) item shows, so the code task can generalise instead of memorising its 361 items.
+    slope = f"{a + b} - {b} = {a}" if b >= 0 else f"{a + b} + {-b} = {a}"
+    solution = f"```python\ndef f(x):\n    # slope: {slope}\n    return {body}\n```"
     # Hidden inputs beyond 0..2 make a lookup table of the three shown values fail.
     test_code = ("def check(candidate):\n"
                  "    for x in (-3, 0, 1, 2, 5, 11):\n"

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import itertools
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -68,6 +70,18 @@ def test_code_check_runs_the_function_on_hidden_inputs() -> None:
     table = "```python\ndef f(x):\n    return {0: -3, 1: -1, 2: 1}[x]\n```"
     assert score_all([item, item], [item.solution or "", table]) == [True, False]
     assert score_all([item], ["```python\nwhile True: pass\n```"]) == [False]
+
+
+def test_linear_fn_teacher_works_out_the_slope_from_the_shown_values() -> None:
+    for a, b in itertools.product(range(-9, 10), repeat=2):
+        item = linear_fn_item(a, b)
+        shown = dict(re.findall(r"f\((\d)\)=(-?\d+)", item.question))
+        found = re.search(r"# slope: (-?\d+) ([+-]) (\d+) = (-?\d+)", item.solution or "")
+        assert found, item.solution
+        left, op, right, result = found.groups()
+        assert left == shown["1"] and int(result) == a
+        assert (int(right) if op == "-" else -int(right)) == int(shown["0"])
+        assert int(left) + (int(right) if op == "+" else -int(right)) == a
 
 
 def test_tokenizer_corpus_covers_prompts_and_solutions() -> None:
