@@ -37,7 +37,8 @@ class HeldOut:
 class StageSummary:
     name: str
     steps: int
-    before: HeldOut
+    sft_start: HeldOut  # the chosen SFT checkpoint on this stage's sources: what RL must beat
+    before: HeldOut  # at the stage's start: after the stages before it
     after: HeldOut
     seconds: float
     accounting: dict[str, int]
@@ -117,12 +118,13 @@ def run_stage(cfg: TrainConfig, stage: StageConfig, path: str, version: int, ste
 
 def summary_table(rows: list[StageSummary]) -> Table:
     t = Table(title="ringrl train: held-out accuracy per stage (greedy; sampled = mean pass@1 at T=1)")
-    for col in ("stage", "steps", "greedy before → after", "gain", "sampled before → after", "gain", "minutes",
-                "groups generated", "trained tokens", "filtered groups", "stale groups"):
+    for col in ("stage", "steps", "greedy: SFT start", "before → after", "gain", "vs SFT", "sampled: before → after",
+                "gain", "min", "groups", "tokens", "filtered", "stale"):
         t.add_column(col, justify="right")
     for r in rows:
-        a, b, f = r.accounting, r.before, r.after
-        t.add_row(r.name, str(r.steps), f"{b.greedy:.3f} → {f.greedy:.3f}", f"{f.greedy - b.greedy:+.3f}",
+        a, s, b, f = r.accounting, r.sft_start, r.before, r.after
+        t.add_row(r.name, str(r.steps), f"{s.greedy:.3f}", f"{b.greedy:.3f} → {f.greedy:.3f}",
+                  f"{f.greedy - b.greedy:+.3f}", f"{f.greedy - s.greedy:+.3f}",
                   f"{b.sampled:.3f} → {f.sampled:.3f}", f"{f.sampled - b.sampled:+.3f}",
                   f"{r.seconds / 60:.1f}", str(a.get("generated_groups", "")), str(a.get("tokens_trained", "")),
                   str(a.get("groups_filtered", "")), str(a.get("groups_stale", "")))
@@ -147,17 +149,20 @@ def train(cfg: TrainConfig, console: Console) -> list[StageSummary]:
         path = choose_start(cfg, distil(cfg, prepare_model(cfg, out, console), out, console), console) \
             if cfg.sft.max_minutes or cfg.sft.max_steps else prepare_model(cfg, out, console)
         log.log({"step": 0, "sft_minutes": (time.monotonic() - start) / 60}, line=False)
+        # Every stage's sources on the start checkpoint, so a later stage's gain is also measured
+        # against SFT and not only against what the stages before it left (they can cost accuracy).
+        sft_start = {stage.name: held_out_accuracy(cfg, path, stage) for stage in cfg.stages}
         version, step = 0, 0
         for stage in cfg.stages:
             t0 = time.monotonic()
-            before = held_out_accuracy(cfg, path, stage)
+            before = sft_start[stage.name] if version == 0 else held_out_accuracy(cfg, path, stage)
             log.log({"step": step, "stage": stage.name, "accuracy": before.greedy, "accuracy_sampled": before.sampled})
             result = run_stage(cfg, stage, path, version, step, redis_url, out, log, console)
             after = held_out_accuracy(cfg, result.model_path, stage)
             step += result.steps
             log.log({"step": step, "stage": stage.name, "accuracy": after.greedy, "accuracy_sampled": after.sampled})
-            summaries.append(StageSummary(stage.name, result.steps, before, after, time.monotonic() - t0,
-                                          result.accounting))
+            summaries.append(StageSummary(stage.name, result.steps, sft_start[stage.name], before, after,
+                                          time.monotonic() - t0, result.accounting))
             (out / "stages" / stage.name / "accounting.yaml").write_text(yaml.safe_dump(result.accounting))
             path, version = result.model_path, result.version
         plots = plot_metrics(log.rows, out / "plots")

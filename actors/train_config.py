@@ -52,7 +52,7 @@ class TrainConfig(RunConfig):
                                        description="Entropy-based choice of the SFT checkpoint.")
     stages: list[StageConfig] = Field(
         default_factory=lambda: [StageConfig(name="math", sources=["chain_sum", "leg_counting"]),
-                                 StageConfig(name="code", sources=["linear_fn"])],
+                                 StageConfig(name="code", sources=["legs_fn"])],
         description="RL stages in order; each starts from the last weights of the one before.")
     asynchronous: bool = Field(
         default=True, alias="async",

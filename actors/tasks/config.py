@@ -9,8 +9,8 @@ from actors.tasks.generators import Source
 
 class TasksConfig(Section):
     sources: list[Source] = Field(
-        default_factory=lambda: ["chain_sum", "leg_counting", "linear_fn"],
-        description="Built-in generators to draw from (chain_sum, leg_counting: math; linear_fn: code).")
+        default_factory=lambda: ["chain_sum", "leg_counting", "legs_fn"],
+        description="Built-in generators to draw from (chain_sum, leg_counting: math; legs_fn, linear_fn: code).")
     train_size: int = Field(
         default=3000, ge=0,
         description="Train items per built-in source, drawn as the generator yields them (repeats kept, "

@@ -1,7 +1,8 @@
 """The built-in tasks, generated offline with programmatic teacher solutions.
 
 Sized for what a from-scratch tiny MoE learns in minutes on CPU (STACK-NOTES, last section):
-one-digit chain sums, small leg counts, and linear functions from three values.
+one-digit chain sums and small leg counts (math); leg counts as a function of x and linear
+functions from three values (code).
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ from protocol.schema import CodeReference, MathReference, TaskKind
 
 from actors.tasks.items import TaskItem, make_item
 
-Source = Literal["chain_sum", "leg_counting", "linear_fn"]
-SOURCES: tuple[Source, ...] = ("chain_sum", "leg_counting", "linear_fn")
+Source = Literal["chain_sum", "leg_counting", "legs_fn", "linear_fn"]
+SOURCES: tuple[Source, ...] = ("chain_sum", "leg_counting", "legs_fn", "linear_fn")
 TASK_OF: dict[Source, TaskKind] = {"chain_sum": TaskKind.math, "leg_counting": TaskKind.math,
-                                   "linear_fn": TaskKind.code}
+                                   "legs_fn": TaskKind.code, "linear_fn": TaskKind.code}
 
 
 def _chain_sum_teacher(expression: str) -> tuple[str, str]:
@@ -74,6 +75,40 @@ def leg_counting(seed: int) -> Iterator[TaskItem]:
                         MathReference(answer=answer), solution)
 
 
+def _check_affine(slope: int, const: int) -> CodeReference:
+    # Hidden inputs beyond the ones a question shows make a lookup table of them fail.
+    test_code = ("def check(candidate):\n"
+                 "    for x in (-3, 0, 1, 2, 5, 11):\n"
+                 f"        assert candidate(x) == {slope} * x + ({const}), x\n")
+    return CodeReference(test_code=test_code, entry_point="f")
+
+
+def legs_fn_item(kind: str, others: dict[str, int]) -> TaskItem:
+    """f(x) = legs of x animals of one kind plus a few of others: leg_counting as a program.
+
+    Its facts (legs per animal, count * legs, small sums) are the ones leg_counting teaches, shared
+    by many items, so a held-out item is a new combination of facts seen in training, not a new
+    fact; the teacher works the constant out in comments, as leg_counting's solution does.
+    """
+    from reasoning_gym.arithmetic.leg_counting import ANIMALS
+
+    work, constant = _leg_counting_teacher(others, ANIMALS)
+    listed = ", ".join(f"{n} {name}{'s' if n > 1 else ''}" for name, n in others.items())
+    question = f"Write f(x): the legs of x {kind}s and {listed}."
+    comments = "".join(f"    # {line}\n" for line in work.splitlines()[:-1])
+    solution = f"```python\ndef f(x):\n{comments}    return {ANIMALS[kind]} * x + {constant}\n```"
+    return make_item(TaskKind.code, "legs_fn", question, _check_affine(ANIMALS[kind], int(constant)), solution)
+
+
+def legs_fn(seed: int) -> Iterator[TaskItem]:
+    from reasoning_gym.arithmetic.leg_counting import ANIMALS
+
+    rng, names = random.Random(seed), sorted(ANIMALS)
+    while True:
+        kind, *others = rng.sample(names, rng.randint(2, 3))
+        yield legs_fn_item(kind, {name: rng.randint(1, 3) for name in others})
+
+
 def linear_fn_item(a: int, b: int) -> TaskItem:
     question = f"Write f with f(0)={b}, f(1)={a + b}, f(2)={2 * a + b}."
     body = f"{a} * x {'-' if b < 0 else '+'} {abs(b)}"
@@ -82,12 +117,7 @@ def linear_fn_item(a: int, b: int) -> TaskItem:
     # (held-out) item shows, so the code task can generalise instead of memorising its 361 items.
     slope = f"{a + b} - {b} = {a}" if b >= 0 else f"{a + b} + {-b} = {a}"
     solution = f"```python\ndef f(x):\n    # slope: {slope}\n    return {body}\n```"
-    # Hidden inputs beyond 0..2 make a lookup table of the three shown values fail.
-    test_code = ("def check(candidate):\n"
-                 "    for x in (-3, 0, 1, 2, 5, 11):\n"
-                 f"        assert candidate(x) == {a} * x + ({b}), x\n")
-    return make_item(TaskKind.code, "linear_fn", question,
-                     CodeReference(test_code=test_code, entry_point="f"), solution)
+    return make_item(TaskKind.code, "linear_fn", question, _check_affine(a, b), solution)
 
 
 def linear_fn(seed: int) -> Iterator[TaskItem]:
@@ -97,4 +127,4 @@ def linear_fn(seed: int) -> Iterator[TaskItem]:
 
 
 GENERATORS: dict[Source, Callable[[int], Iterator[TaskItem]]] = {
-    "chain_sum": chain_sum, "leg_counting": leg_counting, "linear_fn": linear_fn}
+    "chain_sum": chain_sum, "leg_counting": leg_counting, "legs_fn": legs_fn, "linear_fn": linear_fn}

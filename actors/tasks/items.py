@@ -28,7 +28,7 @@ class TaskItem(BaseModel):
 
     id: str = Field(description="Stable id: source and a content hash prefix.")
     task: TaskKind = Field(description="math or code: selects the verifier.")
-    source: str = Field(description="Generator name (chain_sum, leg_counting, linear_fn) or file name.")
+    source: str = Field(description="Generator name (chain_sum, leg_counting, legs_fn, linear_fn) or file name.")
     question: str = Field(description="The question alone, without the prompt template.")
     prompt: str = Field(description="Exact text given to the model (template applied).")
     reference: Reference = Field(description="What a response is checked against.")

@@ -34,7 +34,7 @@ def config(tmp: Path, asynchronous: bool) -> Path:
         "stages": [
             {"name": "math", "sources": ["chain_sum", "leg_counting"], "steps": 3, "token_budget": BUDGET,
              "max_new_tokens": 64, "n": N, "prompts_per_round": 16, "warmup_steps": 0},
-            {"name": "code", "sources": ["linear_fn"], "steps": 3, "token_budget": BUDGET,
+            {"name": "code", "sources": ["legs_fn"], "steps": 3, "token_budget": BUDGET,
              "max_new_tokens": 64, "n": N, "prompts_per_round": 16, "warmup_steps": 0},
         ],
         "eval_size": 10,

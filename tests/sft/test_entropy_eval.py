@@ -70,7 +70,7 @@ def test_sharpened_checkpoint_has_lower_entropy_than_random(tiny_model: Path, tm
 def test_evaluate_reports_rows_per_source(tiny_model: Path) -> None:
     items = build_tasks(TasksConfig(held_out_size=3), "held_out")
     rows = evaluate(tiny_model, items, k=2, samples=3, max_new_tokens=16)
-    assert [r.source for r in rows] == ["chain_sum", "leg_counting", "linear_fn", "all"]
+    assert [r.source for r in rows] == ["chain_sum", "leg_counting", "legs_fn", "all"]
     assert rows[-1].items == len(items)
     for r in rows:
         assert 0 <= r.greedy_pass1 <= 1 and 0 <= r.sampled_pass1 <= r.pass_k <= 1 and r.entropy > 0

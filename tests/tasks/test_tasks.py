@@ -9,7 +9,7 @@ import pytest
 
 from actors.tasks import (TaskDataError, TasksConfig, build_tasks, load_jsonl, score_all, sft_examples,
                           tokenizer_corpus)
-from actors.tasks.generators import linear_fn_item
+from actors.tasks.generators import legs_fn_item, linear_fn_item
 from protocol.schema import CodeReference, MathReference, TaskKind
 
 SMALL = TasksConfig(train_size=150, held_out_size=40)
@@ -47,7 +47,7 @@ def test_large_train_split_keeps_the_held_out_difficulty_mix(source: str) -> Non
 
 def test_every_source_present_with_short_prompts() -> None:
     held = build_tasks(SMALL, "held_out")
-    assert {it.source for it in held} == {"chain_sum", "leg_counting", "linear_fn"}
+    assert {it.source for it in held} == {"chain_sum", "leg_counting", "legs_fn"}
     assert {it.task for it in build_tasks(SMALL, "held_out", TaskKind.code)} == {TaskKind.code}
     assert max(len(it.prompt) + len(it.solution or "") for it in held) < 200
 
@@ -70,6 +70,16 @@ def test_code_check_runs_the_function_on_hidden_inputs() -> None:
     table = "```python\ndef f(x):\n    return {0: -3, 1: -1, 2: 1}[x]\n```"
     assert score_all([item, item], [item.solution or "", table]) == [True, False]
     assert score_all([item], ["```python\nwhile True: pass\n```"]) == [False]
+
+
+def test_legs_fn_is_leg_counting_as_a_function_of_x() -> None:
+    item = legs_fn_item("cow", {"spider": 2, "duck": 3})
+    assert item.question == "Write f(x): the legs of x cows and 2 spiders, 3 ducks."
+    assert item.solution == ("```python\ndef f(x):\n    # 2 * 8 = 16\n    # 3 * 2 = 6\n    # 16 + 6 = 22\n"
+                             "    return 4 * x + 22\n```")
+    constant = "```python\ndef f(x):\n    return 22\n```"
+    one_kind_missed = "```python\ndef f(x):\n    return 4 * x + 16\n```"
+    assert score_all([item] * 3, [item.solution or "", constant, one_kind_missed]) == [True, False, False]
 
 
 def test_linear_fn_teacher_works_out_the_slope_from_the_shown_values() -> None:
