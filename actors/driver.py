@@ -118,8 +118,8 @@ def run_stage(cfg: TrainConfig, stage: StageConfig, path: str, version: int, ste
 
 def summary_table(rows: list[StageSummary]) -> Table:
     t = Table(title="ringrl train: held-out accuracy per stage (greedy; sampled = mean pass@1 at T=1)")
-    for col in ("stage", "steps", "greedy: SFT start", "before → after", "gain", "vs SFT", "sampled: before → after",
-                "gain", "min", "groups", "tokens", "filtered", "stale"):
+    for col in ("stage", "steps", "greedy: SFT start", "before → after", "gain", "vs SFT",
+                "sampled: before → after", "gain", "min", "groups", "tokens", "filtered", "stale"):
         t.add_column(col, justify="right")
     for r in rows:
         a, s, b, f = r.accounting, r.sft_start, r.before, r.after
@@ -155,7 +155,8 @@ def train(cfg: TrainConfig, console: Console) -> list[StageSummary]:
         version, step = 0, 0
         for stage in cfg.stages:
             t0 = time.monotonic()
-            before = sft_start[stage.name] if version == 0 else held_out_accuracy(cfg, path, stage)
+            unchanged = version == 0  # no stage has trained yet: the SFT start was just measured
+            before = sft_start[stage.name] if unchanged else held_out_accuracy(cfg, path, stage)
             log.log({"step": step, "stage": stage.name, "accuracy": before.greedy, "accuracy_sampled": before.sampled})
             result = run_stage(cfg, stage, path, version, step, redis_url, out, log, console)
             after = held_out_accuracy(cfg, result.model_path, stage)

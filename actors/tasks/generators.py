@@ -112,9 +112,9 @@ def legs_fn(seed: int) -> Iterator[TaskItem]:
 def linear_fn_item(a: int, b: int) -> TaskItem:
     question = f"Write f with f(0)={b}, f(1)={a + b}, f(2)={2 * a + b}."
     body = f"{a} * x {'-' if b < 0 else '+'} {abs(b)}"
-    # The slope is worked out in a comment, f(1) - f(0) in the `x op y = z` form of chain_sum's
-    # lines: a held-out item's slope is a sum the math tasks teach, not a fact only its own
-    # (held-out) item shows, so the code task can generalise instead of memorising its 361 items.
+    # The slope is worked out in a comment, f(1) - f(0) in chain_sum's `x op y = z` form. At the
+    # demo's model size that still does not carry over to held-out items: each item's slope is a
+    # subtraction no other linear_fn item shows, so it is memorised (docs/data.md).
     slope = f"{a + b} - {b} = {a}" if b >= 0 else f"{a + b} + {-b} = {a}"
     solution = f"```python\ndef f(x):\n    # slope: {slope}\n    return {body}\n```"
     return make_item(TaskKind.code, "linear_fn", question, _check_affine(a, b), solution)

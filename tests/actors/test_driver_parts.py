@@ -92,7 +92,8 @@ def test_train_cli_bad_config_is_one_line(tmp_path: Path) -> None:
 def test_summary_table_shows_greedy_and_sampled_gains() -> None:
     from actors.driver import HeldOut, StageSummary, summary_table
 
-    row = StageSummary("code", 40, HeldOut(0.300, 0.250), HeldOut(0.245, 0.120), HeldOut(0.325, 0.155), 180.0,
+    sft_start, before, after = HeldOut(0.300, 0.250), HeldOut(0.245, 0.120), HeldOut(0.325, 0.155)
+    row = StageSummary("code", 40, sft_start, before, after, 180.0,
                        {"generated_groups": 1472, "tokens_trained": 163840, "groups_filtered": 766, "groups_stale": 0})
     buf = io.StringIO()
     Console(file=buf, width=250).print(summary_table([row]))
