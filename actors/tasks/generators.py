@@ -59,6 +59,11 @@ def chain_sum(seed: int) -> Iterator[TaskItem]:
                         MathReference(answer=answer), solution)
 
 
+def _listed(animals: dict[str, int]) -> str:
+    """`2 cows, 1 spider`: how both leg tasks name their animals."""
+    return ", ".join(f"{n} {name}{'s' if n > 1 else ''}" for name, n in animals.items())
+
+
 def leg_counting(seed: int) -> Iterator[TaskItem]:
     import reasoning_gym
     from reasoning_gym.arithmetic.leg_counting import ANIMALS
@@ -67,11 +72,10 @@ def leg_counting(seed: int) -> Iterator[TaskItem]:
                                       max_animals=3, min_instances=1, max_instances=3)
     for i in range(len(ds)):
         animals: dict[str, int] = ds[i]["metadata"]["animals"]
-        listed = ", ".join(f"{n} {name}{'s' if n > 1 else ''}" for name, n in animals.items())
         solution, answer = _leg_counting_teacher(animals, ANIMALS)
         if answer != ds[i]["answer"]:
             raise AssertionError(f"leg_counting teacher disagrees with reasoning_gym on item {i}")
-        yield make_item(TaskKind.math, "leg_counting", f"How many legs in total: {listed}?",
+        yield make_item(TaskKind.math, "leg_counting", f"How many legs in total: {_listed(animals)}?",
                         MathReference(answer=answer), solution)
 
 
@@ -93,8 +97,7 @@ def legs_fn_item(kind: str, others: dict[str, int]) -> TaskItem:
     from reasoning_gym.arithmetic.leg_counting import ANIMALS
 
     work, constant = _leg_counting_teacher(others, ANIMALS)
-    listed = ", ".join(f"{n} {name}{'s' if n > 1 else ''}" for name, n in others.items())
-    question = f"Write f(x): the legs of x {kind}s and {listed}."
+    question = f"Write f(x): the legs of x {kind}s and {_listed(others)}."
     comments = "".join(f"    # {line}\n" for line in work.splitlines()[:-1])
     solution = f"```python\ndef f(x):\n{comments}    return {ANIMALS[kind]} * x + {constant}\n```"
     return make_item(TaskKind.code, "legs_fn", question, _check_affine(ANIMALS[kind], int(constant)), solution)
