@@ -22,7 +22,9 @@ class RunLog:
     def __init__(self, out_dir: Path, console: Console) -> None:
         out_dir.mkdir(parents=True, exist_ok=True)
         self.path = out_dir / "metrics.jsonl"
-        self._file = self.path.open("a")
+        # A run starts its own file: nothing resumes a log, and rows of an earlier run in the same
+        # folder would be read as this run's (per-step timings across runs).
+        self._file = self.path.open("w")
         self.tb = TensorBoardLogger(out_dir / "tensorboard")
         self.console = console
         self.rows: list[dict[str, Any]] = []

@@ -48,8 +48,6 @@ def main() -> None:
         cfg.model.path, cfg.sft.max_minutes, cfg.sft.max_steps = start, 0, 0
         for stage in cfg.stages:
             stage.steps = args.steps
-        # RunLog appends to metrics.jsonl; a rerun into the same folder must not mix in old rows.
-        (out / mode / "metrics.jsonl").unlink(missing_ok=True)
         t = time.monotonic()
         summaries = train(cfg, console)
         wall = time.monotonic() - t
