@@ -10,10 +10,9 @@ from learner.models.tiny import Arch
 from learner.sft_config import SFTConfig
 from protocol.config import RunConfig
 from protocol.config.base import Section
-from protocol.schema import TaskKind
 
 from actors.entropy import SelectionConfig
-from actors.tasks import Source, TasksConfig
+from actors.tasks import TASK_OF, Source, TasksConfig
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "default.yaml"
 
@@ -74,10 +73,13 @@ class TrainConfig(RunConfig):
             raise ValueError(f"stage names must be unique, got {names}")
         return self
 
-    def stage_task(self, stage: StageConfig) -> TaskKind:
-        from actors.tasks import TASK_OF
-
-        kinds = {TASK_OF[s] for s in stage.sources}
-        if len(kinds) != 1:
-            raise ValueError(f"stage {stage.name}: sources mix task kinds {sorted(k.value for k in kinds)}")
-        return kinds.pop()
+    @model_validator(mode="after")
+    def _stages_one_task_kind(self) -> "TrainConfig":
+        # One length limit and token budget serve all of a stage's prompts, and the recipe trains
+        # math and code in separate stages.
+        for stage in self.stages:
+            kinds = {TASK_OF[s].value for s in stage.sources}
+            if len(kinds) > 1:
+                raise ValueError(f"stage {stage.name}: sources mix task kinds {sorted(kinds)}; "
+                                 "give each kind its own stage")
+        return self

@@ -67,16 +67,11 @@ def test_prompt_stream_cycles_through_epochs_with_distinct_ids() -> None:
      "stage names must be unique"),
     ({"stages": [{"name": "a", "sources": ["sudoku"]}]}, "stages.0.sources.0"),
     ({"async": "maybe"}, "async"),
+    ({"stages": [{"name": "x", "sources": ["chain_sum", "linear_fn"]}]}, "stage x: sources mix task kinds"),
 ])
 def test_train_config_errors_name_the_field(raw: dict, fragment: str) -> None:
     with pytest.raises(ConfigError, match=fragment):
         parse_config(raw, env={}, model=TrainConfig)
-
-
-def test_mixed_task_stage_is_refused() -> None:
-    cfg = TrainConfig()
-    with pytest.raises(ValueError, match="mix task kinds"):
-        cfg.stage_task(StageConfig(name="x", sources=["chain_sum", "linear_fn"]))
 
 
 def test_train_cli_bad_config_is_one_line(tmp_path: Path) -> None:
