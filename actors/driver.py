@@ -3,9 +3,10 @@ then the RL stages in order, each starting from the last weights of the one befo
 
 from __future__ import annotations
 
+import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,34 +15,42 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from actors.evaluate import evaluate
+from actors.evaluate import Gain, Outcomes, outcomes, paired_gain
 from actors.plots import plot_metrics
 from actors.redis_server import LocalRedis, start_local_redis
 from actors.run_log import RunLog
 from actors.stage import StageResult, StageRunner
 from actors.tasks import build_tasks, sft_examples, tokenizer_corpus
-from actors.train_config import StageConfig, TrainConfig
+from actors.train_config import StageConfig, TrainConfig, stage_kind
 
 ENGINE_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1",
               "VLLM_HOST_IP": "127.0.0.1", "TOKENIZERS_PARALLELISM": "false"}
 
 
 @dataclass(frozen=True)
-class HeldOut:
-    """Held-out accuracy of one checkpoint on one stage's sources."""
-    greedy: float
-    sampled: float  # mean over `eval_samples` responses per item at temperature 1: what RL optimises
-
-
-@dataclass(frozen=True)
 class StageSummary:
+    """Held-out results, item by item, of the checkpoints that tell whether a stage helped."""
     name: str
     steps: int
-    sft_start: HeldOut  # the chosen SFT checkpoint on this stage's sources: what RL must beat
-    before: HeldOut  # at the stage's start: after the stages before it
-    after: HeldOut
+    sft_start: Outcomes  # the chosen SFT checkpoint on this stage's sources: what RL must beat
+    before: Outcomes  # at the stage's start: after the stages before it
+    after: Outcomes
+    final: Outcomes  # the run's last weights: what the stages after this one left of its gain
     seconds: float
     accounting: dict[str, int]
+
+    def gains(self) -> dict[str, Gain]:
+        return {"after_greedy": paired_gain(self.sft_start, self.after),
+                "after_sampled": paired_gain(self.sft_start, self.after, sampled=True),
+                "final_greedy": paired_gain(self.sft_start, self.final),
+                "final_sampled": paired_gain(self.sft_start, self.final, sampled=True)}
+
+    def as_dict(self) -> dict[str, Any]:
+        acc = {name: {"greedy": o.greedy_accuracy(), "sampled": o.sampled_accuracy(), "items": len(o.items)}
+               for name, o in (("sft_start", self.sft_start), ("before", self.before), ("after", self.after),
+                               ("final", self.final))}
+        return {"stage": self.name, "steps": self.steps, "minutes": self.seconds / 60, **acc,
+                "gain_vs_sft_start": {k: asdict(g) for k, g in self.gains().items()}, "accounting": self.accounting}
 
 
 def prepare_model(cfg: TrainConfig, out: Path, console: Console) -> str:
@@ -82,19 +91,22 @@ def choose_start(cfg: TrainConfig, checkpoints: list[str], console: Console) -> 
     return chosen.path
 
 
-def held_out_accuracy(cfg: TrainConfig, path: str, stage: StageConfig) -> HeldOut:
+def held_out(cfg: TrainConfig, path: str, stage: StageConfig) -> Outcomes:
     tasks = cfg.tasks.model_copy(update={"sources": stage.sources, "held_out_size": cfg.eval_size})
-    rows = evaluate(path, build_tasks(tasks, "held_out"), k=1, samples=cfg.eval_samples,
+    return outcomes(path, build_tasks(tasks, "held_out", stage_kind(stage)), samples=cfg.eval_samples,
                     max_new_tokens=stage.max_new_tokens, seed=cfg.run.seed)
-    return HeldOut(rows[-1].greedy_pass1, rows[-1].sampled_pass1)
 
 
 def run_stage(cfg: TrainConfig, stage: StageConfig, path: str, version: int, step0: int, redis_url: str,
               out: Path, log: RunLog, console: Console) -> StageResult:
-    items = build_tasks(cfg.tasks.model_copy(update={"sources": stage.sources}), "train")
-    console.rule(f"RL stage {stage.name}: {len(items)} prompts, {stage.steps} steps x "
+    # A JSONL file may hold both kinds; a stage trains on its own kind only.
+    items = build_tasks(cfg.tasks.model_copy(update={"sources": stage.sources}), "train", stage_kind(stage))
+    replay = build_tasks(cfg.tasks.model_copy(update={"sources": stage.replay_sources, "train_files": []}),
+                         "train") if stage.replay_sources else []
+    mixed = f" (+{stage.replay_share:.0%} replay of {', '.join(stage.replay_sources)})" if replay else ""
+    console.rule(f"RL stage {stage.name}: {len(items)} prompts{mixed}, {stage.steps} steps x "
                  f"{stage.token_budget} tokens ({'async' if cfg.asynchronous else 'sync'})")
-    runner = StageRunner(cfg, stage, items, path, version, redis_url, out / "stages" / stage.name)
+    runner = StageRunner(cfg, stage, items, replay, path, version, redis_url, out / "stages" / stage.name)
     try:
         with Progress(TextColumn(f"[bold]{stage.name}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                       TimeElapsedColumn(), console=console, transient=True) as bar:
@@ -117,18 +129,33 @@ def run_stage(cfg: TrainConfig, stage: StageConfig, path: str, version: int, ste
 
 
 def summary_table(rows: list[StageSummary]) -> Table:
-    t = Table(title="ringrl train: held-out accuracy per stage (greedy; sampled = mean pass@1 at T=1)")
-    for col in ("stage", "steps", "greedy: SFT start", "before → after", "gain", "vs SFT",
-                "sampled: before → after", "gain", "min", "groups", "tokens", "filtered", "stale"):
+    t = Table(title="ringrl train: held-out accuracy per stage (greedy; sampled = mean pass@1 at T=1); "
+                    "± = 95% interval of the paired per-item gain over the SFT start")
+    for col in ("stage", "steps", "greedy: SFT start", "before → after", "after vs SFT", "sampled: SFT → after",
+                "after vs SFT", "final weights vs SFT (greedy)", "min", "groups", "tokens", "filtered", "stale"):
         t.add_column(col, justify="right")
     for r in rows:
-        a, s, b, f = r.accounting, r.sft_start, r.before, r.after
-        t.add_row(r.name, str(r.steps), f"{s.greedy:.3f}", f"{b.greedy:.3f} → {f.greedy:.3f}",
-                  f"{f.greedy - b.greedy:+.3f}", f"{f.greedy - s.greedy:+.3f}",
-                  f"{b.sampled:.3f} → {f.sampled:.3f}", f"{f.sampled - b.sampled:+.3f}",
+        a, g = r.accounting, r.gains()
+        t.add_row(r.name, str(r.steps), f"{r.sft_start.greedy_accuracy():.3f}",
+                  f"{r.before.greedy_accuracy():.3f} → {r.after.greedy_accuracy():.3f}", str(g["after_greedy"]),
+                  f"{r.sft_start.sampled_accuracy():.3f} → {r.after.sampled_accuracy():.3f}", str(g["after_sampled"]),
+                  f"{r.final.greedy_accuracy():.3f} ({g['final_greedy']})",
                   f"{r.seconds / 60:.1f}", str(a.get("generated_groups", "")), str(a.get("tokens_trained", "")),
                   str(a.get("groups_filtered", "")), str(a.get("groups_stale", "")))
     return t
+
+
+def verdicts(rows: list[StageSummary]) -> list[str]:
+    """One line per stage: is it above the SFT start beyond noise, right after it and at the end?"""
+    lines = []
+    for r in rows:
+        g = r.gains()
+        after, final = g["after_greedy"], g["final_greedy"]
+        said = "clearly above" if after.clear else "not clearly above"
+        kept = "keep it" if final.clear else "do not keep it"
+        lines.append(f"{r.name}: after its stage, {said} the SFT start (greedy {after}, sampled {g['after_sampled']},"
+                     f" {after.items} distinct held-out items); the final weights {kept} (greedy {final})")
+    return lines
 
 
 def train(cfg: TrainConfig, console: Console) -> list[StageSummary]:
@@ -143,7 +170,6 @@ def train(cfg: TrainConfig, console: Console) -> list[StageSummary]:
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
              runtime_env={"env_vars": ENGINE_ENV})
     log = RunLog(out, console)
-    summaries: list[StageSummary] = []
     try:
         start = time.monotonic()
         path = choose_start(cfg, distil(cfg, prepare_model(cfg, out, console), out, console), console) \
@@ -151,23 +177,33 @@ def train(cfg: TrainConfig, console: Console) -> list[StageSummary]:
         log.log({"step": 0, "sft_minutes": (time.monotonic() - start) / 60}, line=False)
         # Every stage's sources on the start checkpoint, so a later stage's gain is also measured
         # against SFT and not only against what the stages before it left (they can cost accuracy).
-        sft_start = {stage.name: held_out_accuracy(cfg, path, stage) for stage in cfg.stages}
+        sft_start = {stage.name: held_out(cfg, path, stage) for stage in cfg.stages}
         version, step = 0, 0
+        measured: list[tuple[StageResult, Outcomes, Outcomes, float]] = []  # result, before, after, seconds
         for stage in cfg.stages:
             t0 = time.monotonic()
             unchanged = version == 0  # no stage has trained yet: the SFT start was just measured
-            before = sft_start[stage.name] if unchanged else held_out_accuracy(cfg, path, stage)
-            log.log({"step": step, "stage": stage.name, "accuracy": before.greedy, "accuracy_sampled": before.sampled})
+            before = sft_start[stage.name] if unchanged else held_out(cfg, path, stage)
+            log.log({"step": step, "stage": stage.name, "accuracy": before.greedy_accuracy(),
+                     "accuracy_sampled": before.sampled_accuracy()})
             result = run_stage(cfg, stage, path, version, step, redis_url, out, log, console)
-            after = held_out_accuracy(cfg, result.model_path, stage)
+            after = held_out(cfg, result.model_path, stage)
             step += result.steps
-            log.log({"step": step, "stage": stage.name, "accuracy": after.greedy, "accuracy_sampled": after.sampled})
-            summaries.append(StageSummary(stage.name, result.steps, sft_start[stage.name], before, after,
-                                          time.monotonic() - t0, result.accounting))
+            log.log({"step": step, "stage": stage.name, "accuracy": after.greedy_accuracy(),
+                     "accuracy_sampled": after.sampled_accuracy()})
+            measured.append((result, before, after, time.monotonic() - t0))
             (out / "stages" / stage.name / "accounting.yaml").write_text(yaml.safe_dump(result.accounting))
             path, version = result.model_path, result.version
+        # The last stage's "after" already is the final weights on its sources.
+        finals = [held_out(cfg, path, stage) for stage in cfg.stages[:-1]] + [measured[-1][2]]
+        summaries = [StageSummary(stage.name, res.steps, sft_start[stage.name], before, after, final, sec,
+                                  res.accounting)
+                     for stage, (res, before, after, sec), final in zip(cfg.stages, measured, finals)]
+        (out / "summary.json").write_text(json.dumps([r.as_dict() for r in summaries], indent=2))
         plots = plot_metrics(log.rows, out / "plots")
         console.print(summary_table(summaries))
+        for line in verdicts(summaries):
+            console.print(line)
         console.print(f"final weights: {path}\nplots: {', '.join(str(p) for p in plots)}\n"
                       f"metrics: {log.path}   tensorboard: {out / 'tensorboard'}")
         return summaries

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from protocol.schema import TaskKind
 
-from actors.entropy import load_policy, mean_entropy, sample
+from actors.entropy import load_policy, sample
 from actors.tasks import ScoreFn, TaskItem, TasksConfig, build_tasks, load_jsonl, score_all
 from actors.tasks.build import Split
 
@@ -38,37 +38,108 @@ class EvalRow:
     entropy: float
 
 
-def _row(source: str, greedy: list[bool], counts: list[int], samples: int, k: int, entropy: float) -> EvalRow:
-    return EvalRow(source, len(greedy), sum(greedy) / len(greedy), sum(counts) / (samples * len(counts)),
-                   sum(pass_at_k(samples, c, k) for c in counts) / len(counts), k, samples, entropy)
+@dataclass(frozen=True)
+class Outcomes:
+    """Per-item results of one checkpoint, in the items' order: what a paired comparison needs."""
+    items: list[TaskItem]
+    greedy: list[bool]
+    correct: list[int]  # correct responses among `samples` sampled ones, per item
+    samples: int
+    entropy_sum: list[float]  # over the item's sampled tokens
+    tokens: list[int]
+
+    def greedy_accuracy(self) -> float:
+        return sum(self.greedy) / len(self.greedy)
+
+    def sampled_accuracy(self) -> float:
+        return sum(self.correct) / (self.samples * len(self.correct))
+
+
+def outcomes(path: str | Path, items: Sequence[TaskItem], *, samples: int, temperature: float = 1.0,
+             max_new_tokens: int = 64, batch_size: int = 64, seed: int = 0,
+             score: ScoreFn = score_all) -> Outcomes:
+    """One greedy and `samples` sampled responses per item, each scored."""
+    if not items:
+        raise ValueError("no held-out items to evaluate")
+    model, tok = load_policy(path)
+    prompts = [it.prompt for it in items]
+    greedy = sample(model, tok, prompts, temperature=0.0, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    sampled = sample(model, tok, prompts, n=samples, temperature=temperature, max_new_tokens=max_new_tokens,
+                     batch_size=batch_size, seed=seed)
+    greedy_ok = score(items, [g[0].text for g in greedy])
+    flat_ok = score([it for it in items for _ in range(samples)], [s.text for g in sampled for s in g])
+    return Outcomes(list(items), list(greedy_ok),
+                    [sum(flat_ok[i * samples:(i + 1) * samples]) for i in range(len(items))], samples,
+                    [sum(s.entropy_sum for s in g) for g in sampled], [sum(s.n_tokens for s in g) for g in sampled])
+
+
+def _row(source: str, out: Outcomes, idx: list[int], k: int) -> EvalRow:
+    n, counts = out.samples, [out.correct[i] for i in idx]
+    tokens = sum(out.tokens[i] for i in idx)
+    return EvalRow(source, len(idx), sum(out.greedy[i] for i in idx) / len(idx), sum(counts) / (n * len(idx)),
+                   sum(pass_at_k(n, c, k) for c in counts) / len(idx), k, n,
+                   sum(out.entropy_sum[i] for i in idx) / tokens if tokens else math.nan)
+
+
+def eval_rows(out: Outcomes, k: int) -> list[EvalRow]:
+    """One row per task source, then an `all` row."""
+    sources = sorted({it.source for it in out.items})
+    rows = [_row(src, out, [i for i, it in enumerate(out.items) if it.source == src], k) for src in sources]
+    if len(sources) > 1:
+        rows.append(_row("all", out, list(range(len(out.items))), k))
+    return rows
 
 
 def evaluate(path: str | Path, items: Sequence[TaskItem], *, k: int = 4, samples: int | None = None,
              temperature: float = 1.0, max_new_tokens: int = 64, batch_size: int = 64,
              seed: int = 0, score: ScoreFn = score_all) -> list[EvalRow]:
     """One row per task source, then an `all` row; `samples` (default k) responses per item."""
-    if not items:
-        raise ValueError("no held-out items to evaluate")
     n = samples or k
     if n < k:
         raise ValueError(f"--samples ({n}) must be at least --k ({k})")
-    model, tok = load_policy(path)
-    prompts = [it.prompt for it in items]
-    greedy = sample(model, tok, prompts, temperature=0.0, max_new_tokens=max_new_tokens, batch_size=batch_size)
-    sampled = sample(model, tok, prompts, n=n, temperature=temperature, max_new_tokens=max_new_tokens,
-                     batch_size=batch_size, seed=seed)
-    greedy_ok = score(items, [g[0].text for g in greedy])
-    flat_ok = score([it for it in items for _ in range(n)], [s.text for g in sampled for s in g])
-    counts = [sum(flat_ok[i * n:(i + 1) * n]) for i in range(len(items))]
-    rows = []
-    sources = sorted({it.source for it in items})
-    for src in sources:
-        idx = [i for i, it in enumerate(items) if it.source == src]
-        rows.append(_row(src, [greedy_ok[i] for i in idx], [counts[i] for i in idx], n, k,
-                         mean_entropy([sampled[i] for i in idx])))
-    if len(sources) > 1:
-        rows.append(_row("all", greedy_ok, counts, n, k, mean_entropy(sampled)))
-    return rows
+    return eval_rows(outcomes(path, items, samples=n, temperature=temperature, max_new_tokens=max_new_tokens,
+                              batch_size=batch_size, seed=seed, score=score), k)
+
+
+@dataclass(frozen=True)
+class Gain:
+    """Mean per-item change from one checkpoint to another on the same items, with its 95 % interval."""
+    mean: float
+    half_width: float
+    items: int  # distinct items the interval rests on
+
+    @property
+    def clear(self) -> bool:
+        """The whole interval lies above zero."""
+        return self.mean - self.half_width > 0
+
+    def __str__(self) -> str:
+        return f"{self.mean:+.3f} ± {self.half_width:.3f}"
+
+
+def paired_gain(before: Outcomes, after: Outcomes, *, sampled: bool = False) -> Gain:
+    """after − before, item by item (normal interval of the mean difference).
+
+    Pairing removes the between-item spread, which dominates here: two checkpoints mostly agree on
+    which items are easy. A held-out set may repeat an item; its copies are averaged into one
+    difference, since a greedy answer repeats exactly and would otherwise count as fresh evidence.
+    """
+    ids = [it.id for it in before.items]
+    if ids != [it.id for it in after.items]:
+        raise ValueError("paired_gain needs both checkpoints scored on the same items, in the same order")
+
+    def per_item(out: Outcomes) -> list[float]:
+        return [c / out.samples for c in out.correct] if sampled else [float(g) for g in out.greedy]
+
+    diffs: dict[str, list[float]] = {}
+    for i, b, a in zip(ids, per_item(before), per_item(after)):
+        diffs.setdefault(i, []).append(a - b)
+    d = [sum(v) / len(v) for v in diffs.values()]
+    if len(d) < 2:
+        raise ValueError(f"a paired interval needs at least 2 distinct items, got {len(d)}")
+    mean = sum(d) / len(d)
+    sd = math.sqrt(sum((x - mean) ** 2 for x in d) / (len(d) - 1))
+    return Gain(mean, 1.96 * sd / math.sqrt(len(d)), len(d))
 
 
 def eval_table(rows: Sequence[EvalRow], title: str) -> Table:
@@ -79,6 +150,29 @@ def eval_table(rows: Sequence[EvalRow], title: str) -> Table:
     for r in rows:
         table.add_row(r.source, str(r.items), f"{r.greedy_pass1:.3f}", f"{r.sampled_pass1:.3f}",
                       f"{r.pass_k:.3f}", f"{r.entropy:.3f}")
+    return table
+
+
+def only(out: Outcomes, source: str) -> Outcomes:
+    """The items of one source."""
+    idx = [i for i, it in enumerate(out.items) if it.source == source]
+    return Outcomes([out.items[i] for i in idx], [out.greedy[i] for i in idx], [out.correct[i] for i in idx],
+                    out.samples, [out.entropy_sum[i] for i in idx], [out.tokens[i] for i in idx])
+
+
+def gain_table(base: Outcomes, out: Outcomes, title: str) -> Table:
+    """Per source (and all): the paired gain of `out` over `base`, greedy and sampled, with 95 % intervals."""
+    table = Table(title=f"{title} (± 95% interval)")
+    for col in ("source", "distinct items", "greedy gain", "sampled gain", "clearly above"):
+        table.add_column(col, justify="left" if col == "source" else "right", no_wrap=True)
+    sources = sorted({it.source for it in out.items})
+    pairs = [(src, only(base, src), only(out, src)) for src in sources]
+    if len(sources) > 1:
+        pairs.append(("all", base, out))
+    for src, b, a in pairs:
+        g, s = paired_gain(b, a), paired_gain(b, a, sampled=True)
+        verdict = "/".join(name for name, x in (("greedy", g), ("sampled", s)) if x.clear) or "no"
+        table.add_row(src, str(g.items), str(g), str(s), verdict)
     return table
 
 

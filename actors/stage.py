@@ -54,15 +54,25 @@ def stage_run_config(cfg: TrainConfig, stage: StageConfig, model_path: str, redi
                                        redis=base.redis.model_copy(update={"url": redis_url})))
 
 
-def prompt_stream(items: list[TaskItem], stage: StageConfig, seed: int) -> Iterator[dict[str, Any]]:
-    """Train prompts in a fresh shuffled order each epoch, forever."""
-    rng = random.Random(seed)
+def _epochs(items: list[TaskItem], rng: random.Random, tag: str) -> Iterator[tuple[str, TaskItem]]:
+    """Items in a fresh shuffled order each epoch, forever, each draw with its own id."""
     for epoch in itertools.count():
         order = items[:]
         rng.shuffle(order)
         for pos, it in enumerate(order):
-            yield {"prompt_id": f"{it.id}#{epoch}.{pos}", "task": it.task.value, "prompt": it.prompt,
-                   "reference": it.reference.model_dump(), "stage": stage.name}
+            yield f"{it.id}#{tag}{epoch}.{pos}", it
+
+
+def prompt_stream(items: list[TaskItem], stage: StageConfig, seed: int,
+                  replay: list[TaskItem] | None = None) -> Iterator[dict[str, Any]]:
+    """The stage's train prompts, a `replay_share` of them drawn from `replay` instead."""
+    rng = random.Random(seed)
+    own = _epochs(items, rng, "")
+    old = _epochs(replay, random.Random(seed + 1), "r") if replay else None
+    while True:
+        prompt_id, it = next(old) if old is not None and rng.random() < stage.replay_share else next(own)
+        yield {"prompt_id": prompt_id, "task": it.task.value, "prompt": it.prompt,
+               "reference": it.reference.model_dump(), "stage": stage.name}
 
 
 def free_port() -> int:
@@ -74,15 +84,15 @@ def free_port() -> int:
 
 
 class StageRunner:
-    def __init__(self, cfg: TrainConfig, stage: StageConfig, items: list[TaskItem], model_path: str,
-                 version: int, redis_url: str, out_dir: Path) -> None:
+    def __init__(self, cfg: TrainConfig, stage: StageConfig, items: list[TaskItem], replay: list[TaskItem],
+                 model_path: str, version: int, redis_url: str, out_dir: Path) -> None:
         self.cfg, self.stage = cfg, stage
         port = free_port()
         self.rc = stage_run_config(cfg, stage, model_path, redis_url, port)
         cj = self.rc.model_dump_json()
         self.keys = RunKeys(cfg.run.name)
         self.client = connect(redis_url)
-        self.prompts = prompt_stream(items, stage, cfg.run.seed + version)
+        self.prompts = prompt_stream(items, stage, cfg.run.seed + version, replay)
         # One intra-op thread for the learner: it shares the machine with the engine's pinned
         # thread pool, and oversubscribed OpenMP pools spin against each other (10x slower).
         threads = {"env_vars": {"OMP_NUM_THREADS": str(cfg.learner_threads)}}

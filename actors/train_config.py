@@ -10,6 +10,7 @@ from learner.models.tiny import Arch
 from learner.sft_config import SFTConfig
 from protocol.config import RunConfig
 from protocol.config.base import Section
+from protocol.schema import TaskKind
 
 from actors.entropy import SelectionConfig
 from actors.tasks import TASK_OF, Source, TasksConfig
@@ -30,7 +31,9 @@ class ModelSection(Section):
 
 class StageConfig(Section):
     name: str = Field(description="Stage name (metrics, checkpoints and groups carry it).")
-    sources: list[Source] = Field(description="Task generators the stage's prompts come from.")
+    sources: list[Source] = Field(
+        min_length=1, description="Task generators the stage's prompts come from (all of one task kind); "
+                                  "the config's JSONL items of that kind join them.")
     steps: int = Field(default=100, gt=0, description="Optimiser steps of this stage.")
     token_budget: int = Field(default=4096, gt=0, description="C3PO: response tokens per optimiser step.")
     max_new_tokens: int = Field(default=48, gt=0, description="Length limit of a response.")
@@ -41,6 +44,17 @@ class StageConfig(Section):
         default=16, gt=0, description="Prompts handed to the engine at a time (sync mode: per step).")
     max_backlog_groups: int = Field(
         default=48, gt=0, description="Groups waiting in the streams above which the engine takes no new prompts.")
+    replay_sources: list[Source] = Field(
+        default_factory=list,
+        description="Earlier stages' sources whose train prompts are mixed in, so that this stage does not "
+                    "unlearn them; they get this stage's length limit and are not in its held-out measure.")
+    replay_share: float = Field(
+        default=0.0, ge=0, lt=1, description="Share of the stage's prompts drawn from replay_sources.")
+
+
+def stage_kind(stage: StageConfig) -> TaskKind:
+    """The one task kind of a stage's sources (the config check guarantees there is one)."""
+    return TASK_OF[stage.sources[0]]
 
 
 class TrainConfig(RunConfig):
@@ -81,5 +95,8 @@ class TrainConfig(RunConfig):
             kinds = {TASK_OF[s].value for s in stage.sources}
             if len(kinds) > 1:
                 raise ValueError(f"stage {stage.name}: sources mix task kinds {sorted(kinds)}; "
-                                 "give each kind its own stage")
+                                 "give each kind its own stage (earlier kinds can come back as replay_sources)")
+            if bool(stage.replay_sources) != (stage.replay_share > 0):
+                raise ValueError(f"stage {stage.name}: replay_sources and replay_share > 0 go together; "
+                                 "set both or neither")
         return self

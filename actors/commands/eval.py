@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from enum import Enum
 from pathlib import Path
 
@@ -28,6 +29,9 @@ def register(app: typer.Typer) -> None:
         max_new_tokens: int = typer.Option(64, min=1, help="Longest response, in tokens."),
         seed: int = typer.Option(0, help="Seed of the built-in tasks and of sampling."),
         json_out: Path | None = typer.Option(None, "--json", help="Also write the rows as JSON here."),
+        against: Path | None = typer.Option(
+            None, help="A second checkpoint (e.g. the SFT start): also print CHECKPOINT's paired gain over it, "
+                       "item by item on the same held-out items, with 95% intervals."),
     ) -> None:
         """Held-out accuracy of CHECKPOINT: greedy pass@1, sampled pass@1, pass@k."""
         from actors.cli import fail
@@ -41,6 +45,12 @@ def register(app: typer.Typer) -> None:
             if len(paths) != 1:
                 raise ValueError(f"{checkpoint}: holds {len(paths)} checkpoints; name one of them")
             path = paths[0]
+            base = None
+            if against is not None:
+                bases = expand_checkpoints([against])
+                if len(bases) != 1:
+                    raise ValueError(f"--against {against}: holds {len(bases)} checkpoints; name one of them")
+                base = bases[0]
             if samples is not None and samples < k:
                 raise ValueError(f"--samples ({samples}) must be at least --k ({k})")
             kind = None if task == TaskChoice.all else TaskKind(task.value)
@@ -49,10 +59,20 @@ def register(app: typer.Typer) -> None:
             fail(str(exc))
         from rich.console import Console
 
-        from actors.evaluate import eval_table, evaluate, rows_as_dicts
+        from actors.evaluate import eval_rows, eval_table, gain_table, outcomes, paired_gain, rows_as_dicts
 
-        rows = evaluate(path, items, k=k, samples=samples, temperature=temperature,
-                        max_new_tokens=max_new_tokens, seed=seed)
-        Console().print(eval_table(rows, f"held-out accuracy of {checkpoint}"))
+        knobs = dict(samples=samples or k, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed)
+        out = outcomes(path, items, **knobs)
+        rows = eval_rows(out, k)
+        console = Console()
+        console.print(eval_table(rows, f"held-out accuracy of {checkpoint}"))
+        report: dict[str, object] = {"checkpoint": str(checkpoint), "rows": rows_as_dicts(rows)}
+        if base is not None:
+            base_out = outcomes(base, items, **knobs)
+            console.print(eval_table(eval_rows(base_out, k), f"held-out accuracy of {against}"))
+            console.print(gain_table(base_out, out, f"{checkpoint} over {against}, paired by item"))
+            report["against"] = str(against)
+            report["gain"] = {"greedy": asdict(paired_gain(base_out, out)),
+                              "sampled": asdict(paired_gain(base_out, out, sampled=True))}
         if json_out is not None:
-            json_out.write_text(json.dumps({"checkpoint": str(checkpoint), "rows": rows_as_dicts(rows)}, indent=2))
+            json_out.write_text(json.dumps(report, indent=2))

@@ -62,12 +62,28 @@ def test_prompt_stream_cycles_through_epochs_with_distinct_ids() -> None:
     assert all(g["stage"] == "math" and g["task"] == "math" for g in got)
 
 
+def test_prompt_stream_mixes_in_replay_at_its_share() -> None:
+    tasks = TrainConfig().tasks.model_copy(update={"train_size": 40})
+    own = build_tasks(tasks.model_copy(update={"sources": ["legs_fn"]}), "train")
+    old = build_tasks(tasks.model_copy(update={"sources": ["chain_sum"]}), "train")
+    stage = StageConfig(name="code", sources=["legs_fn"], replay_sources=["chain_sum"], replay_share=0.25)
+    got = list(itertools.islice(prompt_stream(own, stage, seed=3, replay=old), 2000))
+    replayed = [g for g in got if g["task"] == "math"]
+    assert 0.2 < len(replayed) / len(got) < 0.3
+    assert {g["prompt"] for g in replayed} == {it.prompt for it in old}
+    assert {g["prompt"] for g in got if g["task"] == "code"} == {it.prompt for it in own}
+    assert len({g["prompt_id"] for g in got}) == len(got) and all(g["stage"] == "code" for g in got)
+
+
 @pytest.mark.parametrize("raw, fragment", [
     ({"stages": [{"name": "a", "sources": ["chain_sum"]}, {"name": "a", "sources": ["linear_fn"]}]},
      "stage names must be unique"),
     ({"stages": [{"name": "a", "sources": ["sudoku"]}]}, "stages.0.sources.0"),
     ({"async": "maybe"}, "async"),
     ({"stages": [{"name": "x", "sources": ["chain_sum", "linear_fn"]}]}, "stage x: sources mix task kinds"),
+    ({"stages": [{"name": "x", "sources": ["legs_fn"], "replay_sources": ["chain_sum"]}]},
+     "stage x: replay_sources and replay_share"),
+    ({"stages": [{"name": "x", "sources": []}]}, "stages.0.sources"),
 ])
 def test_train_config_errors_name_the_field(raw: dict, fragment: str) -> None:
     with pytest.raises(ConfigError, match=fragment):
@@ -84,16 +100,30 @@ def test_train_cli_bad_config_is_one_line(tmp_path: Path) -> None:
     assert len(r.stderr.strip().splitlines()) == 1
 
 
-def test_summary_table_shows_greedy_and_sampled_gains() -> None:
-    from actors.driver import HeldOut, StageSummary, summary_table
+def test_summary_table_shows_gains_over_the_sft_start_with_intervals() -> None:
+    from actors.driver import StageSummary, summary_table, verdicts
+    from actors.evaluate import Outcomes
 
-    sft_start, before, after = HeldOut(0.300, 0.250), HeldOut(0.245, 0.120), HeldOut(0.325, 0.155)
-    row = StageSummary("code", 40, sft_start, before, after, 180.0,
+    items = build_tasks(TrainConfig().tasks.model_copy(update={"sources": ["legs_fn"], "held_out_size": 4}),
+                        "held_out")
+
+    def scored(greedy: list[bool], correct: list[int]) -> Outcomes:
+        return Outcomes(items, greedy, correct, 2, [1.0] * 4, [1] * 4)
+
+    sft_start = scored([True, False, False, False], [1, 0, 0, 0])  # 0.250 greedy, 0.125 sampled
+    before = scored([False] * 4, [0] * 4)
+    after = scored([True, True, True, False], [2, 2, 1, 0])  # per-item greedy gains 0, 1, 1, 0
+    row = StageSummary("code", 40, sft_start, before, after, after, 180.0,
                        {"generated_groups": 1472, "tokens_trained": 163840, "groups_filtered": 766, "groups_stale": 0})
     buf = io.StringIO()
-    Console(file=buf, width=250).print(summary_table([row]))
+    Console(file=buf, width=300).print(summary_table([row]))
     text = buf.getvalue()
-    assert "0.245 → 0.325" in text and "+0.080" in text
-    assert "0.300" in text and "+0.025" in text  # after vs the SFT start
-    assert "0.120 → 0.155" in text and "+0.035" in text
+    half = 1.96 * (1 / 3) ** 0.5 / 2
+    assert "0.000 → 0.750" in text and f"+0.500 ± {half:.3f}" in text
+    assert "0.125 → 0.625" in text and "0.750 (+0.500" in text
     assert "163840" in text and "3.0" in text
+    (line,) = verdicts([row])
+    assert line.startswith("code: after its stage, not clearly above the SFT start")  # 4 items: too few
+    many = StageSummary("code", 40, *(Outcomes(items * 5, o.greedy * 5, o.correct * 5, 2, [1.0] * 20, [1] * 20)
+                                      for o in (sft_start, before, after, before)), 180.0, {})
+    assert "do not keep it" in verdicts([many])[0]  # repeats are one item each: still 4 items

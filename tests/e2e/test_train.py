@@ -51,6 +51,7 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     r = subprocess.run([str(exe), "train", str(config(tmp, asynchronous=True))], capture_output=True,
                        text=True, timeout=1800)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    (tmp / "runs" / "e2e" / "stdout.txt").write_text(r.stdout)
     return tmp / "runs" / "e2e"
 
 
@@ -89,3 +90,17 @@ def test_run_leaves_plots_tensorboard_and_final_weights(run_dir: Path) -> None:
     assert {"reward.png", "grad_norm.png", "accuracy.png"} <= plots, plots
     assert any((run_dir / "tensorboard").iterdir())
     assert (run_dir / "stages" / "code" / "final" / "model.safetensors").is_file()
+
+
+def test_summary_measures_each_stage_against_the_sft_start(run_dir: Path) -> None:
+    rows = json.loads((run_dir / "summary.json").read_text())
+    assert [r["stage"] for r in rows] == ["math", "code"]
+    assert rows[0]["before"] == rows[0]["sft_start"]  # nothing trained before the first stage
+    assert rows[-1]["final"] == rows[-1]["after"]  # the last stage's weights are the final ones
+    for r in rows:
+        assert r["sft_start"]["items"] == r["after"]["items"] == r["final"]["items"] > 0
+        for g in r["gain_vs_sft_start"].values():
+            assert 0 < g["items"] <= r["after"]["items"] and g["half_width"] >= 0 and -1 <= g["mean"] <= 1
+    stdout = (run_dir / "stdout.txt").read_text()
+    for r in rows:
+        assert f"{r['stage']}: after its stage, " in stdout

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -39,6 +40,20 @@ def test_eval_with_bad_data_file(tiny_model: Path, tmp_path: Path) -> None:
     data = tmp_path / "d.jsonl"
     data.write_text('{"prompt": "q", "task": "math"}\n')
     _one_line_error(ringrl("eval", str(tiny_model), "--data", str(data)), "d.jsonl:1: answer")
+
+
+def test_eval_against_itself_gains_nothing(tiny_model: Path, tmp_path: Path) -> None:
+    # Same weights, same items, same sampling seed: every per-item difference is exactly zero.
+    r = ringrl("eval", str(tiny_model), "--against", str(tiny_model), "--n", "3", "--k", "2",
+               "--max-new-tokens", "8", "--json", str(tmp_path / "e.json"))
+    assert r.returncode == 0, r.stderr
+    assert "paired by item" in r.stdout and "+0.000 ± 0.000" in r.stdout
+    gain = json.loads((tmp_path / "e.json").read_text())["gain"]
+    assert gain["greedy"]["mean"] == 0 and gain["sampled"]["half_width"] == 0 and gain["greedy"]["items"] > 3
+
+
+def test_eval_against_a_missing_checkpoint(tiny_model: Path, tmp_path: Path) -> None:
+    _one_line_error(ringrl("eval", str(tiny_model), "--against", str(tmp_path / "nope")), "not a model folder")
 
 
 @pytest.mark.slow

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from actors.entropy import CheckpointStats, SelectionConfig, choose, load_policy, measure, sample
-from actors.evaluate import evaluate, pass_at_k
+from actors.evaluate import Outcomes, evaluate, paired_gain, pass_at_k
 from actors.tasks import TasksConfig, build_tasks
 from learner.sft import SFTConfig, train_sft
 
@@ -74,3 +74,33 @@ def test_evaluate_reports_rows_per_source(tiny_model: Path) -> None:
     assert rows[-1].items == len(items)
     for r in rows:
         assert 0 <= r.greedy_pass1 <= 1 and 0 <= r.sampled_pass1 <= r.pass_k <= 1 and r.entropy > 0
+
+
+def _outcomes(items: list, greedy: list[bool], correct: list[int], samples: int = 2) -> Outcomes:
+    return Outcomes(items, greedy, correct, samples, [1.0] * len(items), [1] * len(items))
+
+
+def test_paired_gain_matches_a_hand_computed_interval() -> None:
+    items = build_tasks(TasksConfig(sources=["legs_fn"], held_out_size=4), "held_out")
+    assert len({it.id for it in items}) == 4
+    before = _outcomes(items, [False, False, True, True], [0, 1, 2, 2])
+    after = _outcomes(items, [True, True, True, False], [2, 2, 2, 1])
+    g = paired_gain(before, after)  # per-item differences 1, 1, 0, -1
+    sd = math.sqrt(((1 - 0.25) ** 2 * 2 + 0.25 ** 2 + 1.25 ** 2) / 3)
+    assert g.mean == pytest.approx(0.25) and g.half_width == pytest.approx(1.96 * sd / 2) and g.items == 4
+    assert not g.clear and str(g) == f"+0.250 ± {1.96 * sd / 2:.3f}"
+    s = paired_gain(before, after, sampled=True)  # 1, 0.5, 0, -0.5
+    assert s.mean == pytest.approx(0.25)
+    steady = paired_gain(before, _outcomes(items, [True] * 4, [2, 2, 2, 2]))  # 1, 1, 0, 0
+    assert steady.mean == pytest.approx(0.5) and steady.half_width == pytest.approx(1.96 * math.sqrt(1 / 3) / 2)
+
+
+def test_paired_gain_counts_a_repeated_item_once() -> None:
+    a, b = build_tasks(TasksConfig(sources=["legs_fn"], held_out_size=2), "held_out")
+    items = [a, a, a, b]
+    g = paired_gain(_outcomes(items, [False] * 4, [0] * 4), _outcomes(items, [True, True, True, False], [0] * 4))
+    assert g.items == 2 and g.mean == pytest.approx(0.5)  # a: +1 (three copies, one item), b: 0
+    with pytest.raises(ValueError, match="same items"):
+        paired_gain(_outcomes(items, [False] * 4, [0] * 4), _outcomes(items[::-1], [False] * 4, [0] * 4))
+    with pytest.raises(ValueError, match="2 distinct items"):
+        paired_gain(_outcomes([a, a], [False] * 2, [0] * 2), _outcomes([a, a], [True] * 2, [0] * 2))
