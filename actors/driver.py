@@ -20,7 +20,7 @@ from actors.plots import plot_metrics
 from actors.redis_server import LocalRedis, start_local_redis
 from actors.run_log import RunLog
 from actors.stage import StageResult, StageRunner
-from actors.tasks import build_tasks, sft_examples, tokenizer_corpus
+from actors.tasks import TaskItem, build_tasks, sft_examples, tokenizer_corpus
 from actors.train_config import StageConfig, TrainConfig, stage_kind
 
 ENGINE_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1",
@@ -97,12 +97,18 @@ def held_out(cfg: TrainConfig, path: str, stage: StageConfig) -> Outcomes:
                     max_new_tokens=stage.max_new_tokens, seed=cfg.run.seed)
 
 
-def run_stage(cfg: TrainConfig, stage: StageConfig, path: str, version: int, step0: int, redis_url: str,
-              out: Path, log: RunLog, console: Console) -> StageResult:
+def stage_items(cfg: TrainConfig, stage: StageConfig) -> tuple[list[TaskItem], list[TaskItem]]:
+    """The stage's train items, then its replay items (built-in sources only)."""
     # A JSONL file may hold both kinds; a stage trains on its own kind only.
     items = build_tasks(cfg.tasks.model_copy(update={"sources": stage.sources}), "train", stage_kind(stage))
     replay = build_tasks(cfg.tasks.model_copy(update={"sources": stage.replay_sources, "train_files": []}),
                          "train") if stage.replay_sources else []
+    return items, replay
+
+
+def run_stage(cfg: TrainConfig, stage: StageConfig, path: str, version: int, step0: int, redis_url: str,
+              out: Path, log: RunLog, console: Console) -> StageResult:
+    items, replay = stage_items(cfg, stage)
     mixed = f" (+{stage.replay_share:.0%} replay of {', '.join(stage.replay_sources)})" if replay else ""
     console.rule(f"RL stage {stage.name}: {len(items)} prompts{mixed}, {stage.steps} steps x "
                  f"{stage.token_budget} tokens ({'async' if cfg.asynchronous else 'sync'})")
@@ -147,14 +153,15 @@ def summary_table(rows: list[StageSummary]) -> Table:
 
 def verdicts(rows: list[StageSummary]) -> list[str]:
     """One line per stage: is it above the SFT start beyond noise, right after it and at the end?"""
+    def said(gain: Gain) -> str:
+        return f"{'clearly above' if gain.clear else 'not clearly above'} ({gain})"
+
     lines = []
     for r in rows:
         g = r.gains()
-        after, final = g["after_greedy"], g["final_greedy"]
-        said = "clearly above" if after.clear else "not clearly above"
-        kept = "keep it" if final.clear else "do not keep it"
-        lines.append(f"{r.name}: after its stage, {said} the SFT start (greedy {after}, sampled {g['after_sampled']},"
-                     f" {after.items} distinct held-out items); the final weights {kept} (greedy {final})")
+        lines.append(f"{r.name} vs the SFT start on {g['after_greedy'].items} distinct held-out items: after its "
+                     f"stage, sampled {said(g['after_sampled'])}, greedy {said(g['after_greedy'])}; final weights, "
+                     f"sampled {said(g['final_sampled'])}, greedy {said(g['final_greedy'])}")
     return lines
 
 

@@ -118,11 +118,12 @@ class Gain:
 
 
 def paired_gain(before: Outcomes, after: Outcomes, *, sampled: bool = False) -> Gain:
-    """after − before, item by item (normal interval of the mean difference).
+    """after − before, item by item: the mean difference and a 95 % normal interval.
 
     Pairing removes the between-item spread, which dominates here: two checkpoints mostly agree on
-    which items are easy. A held-out set may repeat an item; its copies are averaged into one
-    difference, since a greedy answer repeats exactly and would otherwise count as fresh evidence.
+    which items are easy. The mean counts every copy of an item the held-out set repeats, so it
+    equals the difference of the two accuracies; the interval treats an item's copies as one
+    observation (cluster-robust variance), since a greedy answer repeats exactly and is not new evidence.
     """
     ids = [it.id for it in before.items]
     if ids != [it.id for it in after.items]:
@@ -131,15 +132,17 @@ def paired_gain(before: Outcomes, after: Outcomes, *, sampled: bool = False) -> 
     def per_item(out: Outcomes) -> list[float]:
         return [c / out.samples for c in out.correct] if sampled else [float(g) for g in out.greedy]
 
-    diffs: dict[str, list[float]] = {}
+    totals: dict[str, list[float]] = {}  # item id -> [sum of its copies' differences, copies]
     for i, b, a in zip(ids, per_item(before), per_item(after)):
-        diffs.setdefault(i, []).append(a - b)
-    d = [sum(v) / len(v) for v in diffs.values()]
-    if len(d) < 2:
-        raise ValueError(f"a paired interval needs at least 2 distinct items, got {len(d)}")
-    mean = sum(d) / len(d)
-    sd = math.sqrt(sum((x - mean) ** 2 for x in d) / (len(d) - 1))
-    return Gain(mean, 1.96 * sd / math.sqrt(len(d)), len(d))
+        t = totals.setdefault(i, [0.0, 0.0])
+        t[0] += a - b
+        t[1] += 1
+    clusters, n = len(totals), len(ids)
+    if clusters < 2:
+        raise ValueError(f"a paired interval needs at least 2 distinct items, got {clusters}")
+    mean = sum(t for t, _ in totals.values()) / n
+    var = clusters / (clusters - 1) * sum((t - m * mean) ** 2 for t, m in totals.values()) / n ** 2
+    return Gain(mean, 1.96 * math.sqrt(var), clusters)
 
 
 def eval_table(rows: Sequence[EvalRow], title: str) -> Table:

@@ -32,8 +32,11 @@ class ModelSection(Section):
 class StageConfig(Section):
     name: str = Field(description="Stage name (metrics, checkpoints and groups carry it).")
     sources: list[Source] = Field(
-        min_length=1, description="Task generators the stage's prompts come from (all of one task kind); "
-                                  "the config's JSONL items of that kind join them.")
+        description="Task generators the stage's prompts come from (all of one task kind); the config's "
+                    "JSONL items of that kind join them.")
+    task: TaskKind | None = Field(
+        default=None, description="The stage's task kind (math or code); default: its sources' kind. Set it "
+                                  "when sources is empty, to train on the JSONL items of that kind only.")
     steps: int = Field(default=100, gt=0, description="Optimiser steps of this stage.")
     token_budget: int = Field(default=4096, gt=0, description="C3PO: response tokens per optimiser step.")
     max_new_tokens: int = Field(default=48, gt=0, description="Length limit of a response.")
@@ -53,8 +56,8 @@ class StageConfig(Section):
 
 
 def stage_kind(stage: StageConfig) -> TaskKind:
-    """The one task kind of a stage's sources (the config check guarantees there is one)."""
-    return TASK_OF[stage.sources[0]]
+    """The stage's one task kind (the config check guarantees there is one)."""
+    return stage.task or TASK_OF[stage.sources[0]]
 
 
 class TrainConfig(RunConfig):
@@ -92,7 +95,10 @@ class TrainConfig(RunConfig):
         # One length limit and token budget serve all of a stage's prompts, and the recipe trains
         # math and code in separate stages.
         for stage in self.stages:
-            kinds = {TASK_OF[s].value for s in stage.sources}
+            kinds = {TASK_OF[s].value for s in stage.sources} | ({stage.task.value} if stage.task else set())
+            if not kinds:
+                raise ValueError(f"stage {stage.name}: no sources; set task (math or code) to train on the "
+                                 "JSONL items of that kind")
             if len(kinds) > 1:
                 raise ValueError(f"stage {stage.name}: sources mix task kinds {sorted(kinds)}; "
                                  "give each kind its own stage (earlier kinds can come back as replay_sources)")

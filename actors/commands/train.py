@@ -31,7 +31,7 @@ def register(app: typer.Typer) -> None:
             cfg.run.name = name
         from actors.driver import train as run
 
-        console = Console(width=None if sys.stdout.isatty() else 150)  # logs keep whole tables
+        console = Console(width=None if sys.stdout.isatty() else 200)  # logs keep whole tables
         try:
             run(cfg, console)
         except TimeoutError as exc:  # a run that cannot make progress: say why, not a traceback

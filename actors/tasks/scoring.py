@@ -83,11 +83,21 @@ def is_correct(item: TaskItem, response: str) -> bool:
 
 
 def score_all(items: Sequence[TaskItem], responses: Sequence[str], workers: int = 2) -> list[bool]:
-    """is_correct for each (item, response) pair; code runs `workers` at a time."""
+    """is_correct for each (item, response) pair; code runs `workers` at a time.
+
+    A pair that repeats is checked once: a model sharpened by RL samples the same program for an
+    item again and again, and each check of a program is a fresh Python process.
+    """
     if len(items) != len(responses):
         raise ValueError(f"{len(items)} items but {len(responses)} responses")
+    keys = [(it.id, it.reference.model_dump_json(), r) for it, r in zip(items, responses)]
+    first: dict[tuple[str, str, str], int] = {}
+    for i, key in enumerate(keys):
+        first.setdefault(key, i)
     with ThreadPoolExecutor(workers) as pool:
-        return list(pool.map(is_correct, items, responses))
+        verdicts = dict(zip(first, pool.map(is_correct, [items[i] for i in first.values()],
+                                            [responses[i] for i in first.values()])))
+    return [verdicts[key] for key in keys]
 
 
 def with_reward_service(scorer: Scorer) -> ScoreFn:

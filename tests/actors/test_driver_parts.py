@@ -75,6 +75,24 @@ def test_prompt_stream_mixes_in_replay_at_its_share() -> None:
     assert len({g["prompt_id"] for g in got}) == len(got) and all(g["stage"] == "code" for g in got)
 
 
+def test_a_stage_takes_the_jsonl_items_of_its_own_kind_only(tmp_path: Path) -> None:
+    from actors.driver import stage_items
+
+    data = tmp_path / "mine.jsonl"
+    data.write_text('{"prompt": "What is 2 + 2?", "task": "math", "answer": "4"}\n'
+                    '{"prompt": "Read n, print n.", "task": "code", "tests": [{"stdin": "1", "stdout": "1"}]}\n')
+    raw = {"tasks": {"sources": [], "train_files": [str(data)]},
+           "stages": [{"name": "m", "sources": [], "task": "math"},
+                      {"name": "c", "sources": ["legs_fn"], "replay_sources": ["chain_sum"], "replay_share": 0.2}]}
+    cfg = parse_config(raw, env={}, model=TrainConfig)
+    items, replay = stage_items(cfg, cfg.stages[0])
+    assert [it.question for it in items] == ["What is 2 + 2?"] and replay == []
+    items, replay = stage_items(cfg, cfg.stages[1])
+    assert {it.source for it in items} == {"legs_fn", "jsonl"} and all(it.task.value == "code" for it in items)
+    assert "Read n, print n." in [it.question for it in items]
+    assert replay and all(it.source == "chain_sum" for it in replay)  # JSONL items are not replayed
+
+
 @pytest.mark.parametrize("raw, fragment", [
     ({"stages": [{"name": "a", "sources": ["chain_sum"]}, {"name": "a", "sources": ["linear_fn"]}]},
      "stage names must be unique"),
@@ -83,7 +101,8 @@ def test_prompt_stream_mixes_in_replay_at_its_share() -> None:
     ({"stages": [{"name": "x", "sources": ["chain_sum", "linear_fn"]}]}, "stage x: sources mix task kinds"),
     ({"stages": [{"name": "x", "sources": ["legs_fn"], "replay_sources": ["chain_sum"]}]},
      "stage x: replay_sources and replay_share"),
-    ({"stages": [{"name": "x", "sources": []}]}, "stages.0.sources"),
+    ({"stages": [{"name": "x", "sources": []}]}, "stage x: no sources; set task"),
+    ({"stages": [{"name": "x", "sources": ["chain_sum"], "task": "code"}]}, "stage x: sources mix task kinds"),
 ])
 def test_train_config_errors_name_the_field(raw: dict, fragment: str) -> None:
     with pytest.raises(ConfigError, match=fragment):
@@ -123,7 +142,10 @@ def test_summary_table_shows_gains_over_the_sft_start_with_intervals() -> None:
     assert "0.125 → 0.625" in text and "0.750 (+0.500" in text
     assert "163840" in text and "3.0" in text
     (line,) = verdicts([row])
-    assert line.startswith("code: after its stage, not clearly above the SFT start")  # 4 items: too few
+    # Sampled per-item gains 0.5, 1, 0.5, 0 vary less than greedy's 0, 1, 1, 0: only sampled is clear.
+    assert line.startswith("code vs the SFT start on 4 distinct held-out items: after its stage, sampled "
+                           "clearly above (+0.500 ± 0.400)") and f"greedy not clearly above (+0.500 ± {half:.3f})" in line
     many = StageSummary("code", 40, *(Outcomes(items * 5, o.greedy * 5, o.correct * 5, 2, [1.0] * 20, [1] * 20)
                                       for o in (sft_start, before, after, before)), 180.0, {})
-    assert "do not keep it" in verdicts([many])[0]  # repeats are one item each: still 4 items
+    # Every item repeated 5 times: still 4 observations, so still not clear (20 would be).
+    assert "greedy not clearly above (+0.500 ± 0.566)" in verdicts([many])[0]

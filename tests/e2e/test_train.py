@@ -34,8 +34,10 @@ def config(tmp: Path, asynchronous: bool) -> Path:
         "stages": [
             {"name": "math", "sources": ["chain_sum", "leg_counting"], "steps": 3, "token_budget": BUDGET,
              "max_new_tokens": 64, "n": N, "prompts_per_round": 16, "warmup_steps": 0},
+            # Replay puts math prompts into the code stage: both reward paths in one stage.
             {"name": "code", "sources": ["legs_fn"], "steps": 3, "token_budget": BUDGET,
-             "max_new_tokens": 64, "n": N, "prompts_per_round": 16, "warmup_steps": 0},
+             "max_new_tokens": 64, "n": N, "prompts_per_round": 16, "warmup_steps": 0,
+             "replay_sources": ["chain_sum"], "replay_share": 0.3},
         ],
         "eval_size": 10,
     }
@@ -102,5 +104,6 @@ def test_summary_measures_each_stage_against_the_sft_start(run_dir: Path) -> Non
         for g in r["gain_vs_sft_start"].values():
             assert 0 < g["items"] <= r["after"]["items"] and g["half_width"] >= 0 and -1 <= g["mean"] <= 1
     stdout = (run_dir / "stdout.txt").read_text()
+    assert "(+30% replay of chain_sum)" in stdout
     for r in rows:
-        assert f"{r['stage']}: after its stage, " in stdout
+        assert f"{r['stage']} vs the SFT start on " in stdout

@@ -95,11 +95,14 @@ def test_paired_gain_matches_a_hand_computed_interval() -> None:
     assert steady.mean == pytest.approx(0.5) and steady.half_width == pytest.approx(1.96 * math.sqrt(1 / 3) / 2)
 
 
-def test_paired_gain_counts_a_repeated_item_once() -> None:
+def test_paired_gain_counts_a_repeated_item_once_in_its_interval() -> None:
     a, b = build_tasks(TasksConfig(sources=["legs_fn"], held_out_size=2), "held_out")
     items = [a, a, a, b]
     g = paired_gain(_outcomes(items, [False] * 4, [0] * 4), _outcomes(items, [True, True, True, False], [0] * 4))
-    assert g.items == 2 and g.mean == pytest.approx(0.5)  # a: +1 (three copies, one item), b: 0
+    # The mean is the accuracy difference (3 of 4); the interval rests on 2 items, a (+1, three
+    # copies) and b (0): variance 2/1 * ((3 - 3 * 0.75)^2 + (0 - 0.75)^2) / 4^2.
+    assert g.items == 2 and g.mean == pytest.approx(0.75)
+    assert g.half_width == pytest.approx(1.96 * math.sqrt(2 * (0.75 ** 2 + 0.75 ** 2) / 16))
     with pytest.raises(ValueError, match="same items"):
         paired_gain(_outcomes(items, [False] * 4, [0] * 4), _outcomes(items[::-1], [False] * 4, [0] * 4))
     with pytest.raises(ValueError, match="2 distinct items"):

@@ -72,6 +72,15 @@ def test_code_check_runs_the_function_on_hidden_inputs() -> None:
     assert score_all([item], ["```python\nwhile True: pass\n```"]) == [False]
 
 
+def test_a_repeated_item_and_response_is_run_once(tmp_path: Path) -> None:
+    item = linear_fn_item(2, -3)
+    log = tmp_path / "runs.txt"
+    counting = f"```python\nopen({str(log)!r}, 'a').write('x')\ndef f(x):\n    return 2 * x - 3\n```"
+    other = counting.replace("return 2 * x - 3", "return 2 * x + (-3)")
+    assert score_all([item] * 4, [counting, counting, other, counting]) == [True] * 4
+    assert log.read_text() == "xx"  # two distinct programs, each run once
+
+
 def test_legs_fn_is_leg_counting_as_a_function_of_x() -> None:
     item = legs_fn_item("cow", {"spider": 2, "duck": 3})
     assert item.question == "Write f(x): the legs of x cows and 2 spiders, 3 ducks."
