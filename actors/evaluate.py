@@ -133,8 +133,8 @@ def paired_gain(before: Outcomes, after: Outcomes, *, sampled: bool = False) -> 
         return [c / out.samples for c in out.correct] if sampled else [float(g) for g in out.greedy]
 
     totals: dict[str, list[float]] = {}  # item id -> [sum of its copies' differences, copies]
-    for i, b, a in zip(ids, per_item(before), per_item(after)):
-        t = totals.setdefault(i, [0.0, 0.0])
+    for item_id, b, a in zip(ids, per_item(before), per_item(after)):
+        t = totals.setdefault(item_id, [0.0, 0.0])
         t[0] += a - b
         t[1] += 1
     clusters, n = len(totals), len(ids)
