@@ -73,21 +73,30 @@ def outcomes(path: str | Path, items: Sequence[TaskItem], *, samples: int, tempe
                     [sum(s.entropy_sum for s in g) for g in sampled], [sum(s.n_tokens for s in g) for g in sampled])
 
 
-def _row(source: str, out: Outcomes, idx: list[int], k: int) -> EvalRow:
-    n, counts = out.samples, [out.correct[i] for i in idx]
-    tokens = sum(out.tokens[i] for i in idx)
-    return EvalRow(source, len(idx), sum(out.greedy[i] for i in idx) / len(idx), sum(counts) / (n * len(idx)),
-                   sum(pass_at_k(n, c, k) for c in counts) / len(idx), k, n,
-                   sum(out.entropy_sum[i] for i in idx) / tokens if tokens else math.nan)
+def only(out: Outcomes, source: str) -> Outcomes:
+    """The items of one source."""
+    idx = [i for i, it in enumerate(out.items) if it.source == source]
+    return Outcomes([out.items[i] for i in idx], [out.greedy[i] for i in idx], [out.correct[i] for i in idx],
+                    out.samples, [out.entropy_sum[i] for i in idx], [out.tokens[i] for i in idx])
+
+
+def by_source(out: Outcomes) -> list[tuple[str, Outcomes]]:
+    """Each task source's items, then `all` when there is more than one source."""
+    sources = sorted({it.source for it in out.items})
+    parts = [(src, only(out, src)) for src in sources]
+    return parts + [("all", out)] if len(sources) > 1 else parts
+
+
+def _row(source: str, out: Outcomes, k: int) -> EvalRow:
+    tokens = sum(out.tokens)
+    return EvalRow(source, len(out.items), out.greedy_accuracy(), out.sampled_accuracy(),
+                   sum(pass_at_k(out.samples, c, k) for c in out.correct) / len(out.correct), k, out.samples,
+                   sum(out.entropy_sum) / tokens if tokens else math.nan)
 
 
 def eval_rows(out: Outcomes, k: int) -> list[EvalRow]:
     """One row per task source, then an `all` row."""
-    sources = sorted({it.source for it in out.items})
-    rows = [_row(src, out, [i for i, it in enumerate(out.items) if it.source == src], k) for src in sources]
-    if len(sources) > 1:
-        rows.append(_row("all", out, list(range(len(out.items))), k))
-    return rows
+    return [_row(source, part, k) for source, part in by_source(out)]
 
 
 def evaluate(path: str | Path, items: Sequence[TaskItem], *, k: int = 4, samples: int | None = None,
@@ -156,23 +165,12 @@ def eval_table(rows: Sequence[EvalRow], title: str) -> Table:
     return table
 
 
-def only(out: Outcomes, source: str) -> Outcomes:
-    """The items of one source."""
-    idx = [i for i, it in enumerate(out.items) if it.source == source]
-    return Outcomes([out.items[i] for i in idx], [out.greedy[i] for i in idx], [out.correct[i] for i in idx],
-                    out.samples, [out.entropy_sum[i] for i in idx], [out.tokens[i] for i in idx])
-
-
 def gain_table(base: Outcomes, out: Outcomes, title: str) -> Table:
     """Per source (and all): the paired gain of `out` over `base`, greedy and sampled, with 95 % intervals."""
     table = Table(title=f"{title} (± 95% interval)")
     for col in ("source", "distinct items", "greedy gain", "sampled gain", "clearly above"):
         table.add_column(col, justify="left" if col == "source" else "right", no_wrap=True)
-    sources = sorted({it.source for it in out.items})
-    pairs = [(src, only(base, src), only(out, src)) for src in sources]
-    if len(sources) > 1:
-        pairs.append(("all", base, out))
-    for src, b, a in pairs:
+    for (src, b), (_, a) in zip(by_source(base), by_source(out), strict=True):
         g, s = paired_gain(b, a), paired_gain(b, a, sampled=True)
         verdict = "/".join(name for name, x in (("greedy", g), ("sampled", s)) if x.clear) or "no"
         table.add_row(src, str(g.items), str(g), str(s), verdict)

@@ -41,16 +41,14 @@ def register(app: typer.Typer) -> None:
             from actors.evaluate import expand_checkpoints, task_set
             from protocol.schema import TaskKind
 
-            paths = expand_checkpoints([checkpoint])
-            if len(paths) != 1:
-                raise ValueError(f"{checkpoint}: holds {len(paths)} checkpoints; name one of them")
-            path = paths[0]
-            base = None
-            if against is not None:
-                bases = expand_checkpoints([against])
-                if len(bases) != 1:
-                    raise ValueError(f"--against {against}: holds {len(bases)} checkpoints; name one of them")
-                base = bases[0]
+            def one_checkpoint(folder: Path, name: str) -> Path:
+                paths = expand_checkpoints([folder])
+                if len(paths) != 1:
+                    raise ValueError(f"{name}: holds {len(paths)} checkpoints; name one of them")
+                return paths[0]
+
+            path = one_checkpoint(checkpoint, str(checkpoint))
+            base = None if against is None else one_checkpoint(against, f"--against {against}")
             if samples is not None and samples < k:
                 raise ValueError(f"--samples ({samples}) must be at least --k ({k})")
             kind = None if task == TaskChoice.all else TaskKind(task.value)
