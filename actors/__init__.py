@@ -1,1 +1,1 @@
-"""Ray actors hosting the parts, and the driver that wires a whole run."""
+"""Ray actors hosting the parts in embedded mode; each is a thin wrapper over a service."""

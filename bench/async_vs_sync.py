@@ -18,10 +18,10 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from actors.driver import distil, prepare_model, train
-from actors.evaluate import paired_gain
-from actors.train_config import DEFAULT_CONFIG, TrainConfig
 from protocol.config import load_config
+from protocol.config.train import DEFAULT_CONFIG, TrainConfig
+from recipe.driver import distil, prepare_model, train
+from recipe.evaluate import paired_gain
 
 
 def main() -> None:

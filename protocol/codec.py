@@ -8,8 +8,16 @@ import msgpack
 import numpy as np
 from pydantic import TypeAdapter, ValidationError
 
-from protocol.schema import (SCHEMA_VERSION, FinishReason, Group, Reference, Response, TaskKind,
-                             Verdict, VerdictStatus)
+from protocol.schema import (
+    SCHEMA_VERSION,
+    FinishReason,
+    Group,
+    Reference,
+    Response,
+    TaskKind,
+    Verdict,
+    VerdictStatus,
+)
 
 _I32 = np.dtype("<i4")
 _F32 = np.dtype("<f4")

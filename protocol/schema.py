@@ -8,7 +8,14 @@ from enum import Enum
 from typing import Annotated, Literal, Union
 
 import numpy as np
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    model_validator,
+)
 
 SCHEMA_VERSION = 1
 """Bumped on any change a reader of the previous version would misread."""

@@ -8,7 +8,6 @@ from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
-
 from pydantic import BaseModel, Field
 
 

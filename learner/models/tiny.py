@@ -5,13 +5,14 @@ from __future__ import annotations
 import string
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
 
-Arch = Literal["qwen3_moe", "qwen2_moe", "mixtral", "olmoe", "qwen3", "qwen2"]
+from protocol.config.model import Arch
+
 MOE_ARCHS: tuple[Arch, ...] = ("qwen3_moe", "qwen2_moe", "mixtral", "olmoe")
 
 EOS = "<|endoftext|>"

@@ -12,28 +12,16 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import ValidationError
 
 from protocol.config.base import Section
-from protocol.config.learner import LearnerConfig
-from protocol.config.redis import RedisConfig
-from protocol.config.reward import RewardConfig
-from protocol.config.rollout import RolloutConfig
-from protocol.config.run import RunSection
+from protocol.config.run_config import RunConfig
 
 ENV_PREFIX = "RINGRL_"
 
 
 class ConfigError(ValueError):
     """A config a user wrote wrongly; str() is one line naming the field."""
-
-
-class RunConfig(Section):
-    run: RunSection = Field(default_factory=RunSection, description="Run identity and outputs.")
-    redis: RedisConfig = Field(default_factory=RedisConfig, description="The queue between parts.")
-    rollout: RolloutConfig = Field(default_factory=RolloutConfig, description="Generation side.")
-    reward: RewardConfig = Field(default_factory=RewardConfig, description="Verifiers and sandbox.")
-    learner: LearnerConfig = Field(default_factory=LearnerConfig, description="C3PO training side.")
 
 
 def apply_env_overrides(raw: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from actors.cli import app
+from cli.app import app
 
 
 def test_serve_learner_needs_redis(tmp_path: Path) -> None:

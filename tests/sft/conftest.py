@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from actors.tasks import TasksConfig, build_tasks, sft_examples, tokenizer_corpus
 from learner.models.tiny import build_tiny_model
+from recipe.tasks import TasksConfig, build_tasks, sft_examples, tokenizer_corpus
 
 TASKS = TasksConfig(train_size=60, held_out_size=8)
 

@@ -5,10 +5,17 @@ from pathlib import Path
 
 import pytest
 
-from actors.entropy import CheckpointStats, SelectionConfig, choose, load_policy, measure, sample
-from actors.evaluate import Outcomes, evaluate, paired_gain, pass_at_k
-from actors.tasks import TasksConfig, build_tasks
 from learner.sft import SFTConfig, train_sft
+from recipe.evaluate import Outcomes, evaluate, paired_gain, pass_at_k
+from recipe.selection import (
+    CheckpointStats,
+    SelectionConfig,
+    choose,
+    load_policy,
+    measure,
+    sample,
+)
+from recipe.tasks import TasksConfig, build_tasks
 
 
 def _stats(name: str, entropy: float, accuracy: float) -> CheckpointStats:

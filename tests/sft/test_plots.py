@@ -5,7 +5,12 @@ from pathlib import Path
 
 import pytest
 
-from actors.plots import MetricsError, TensorBoardLogger, plot_metrics_file, read_metrics
+from recipe.plots import (
+    MetricsError,
+    TensorBoardLogger,
+    plot_metrics_file,
+    read_metrics,
+)
 
 
 def _metrics(tmp_path: Path) -> Path:

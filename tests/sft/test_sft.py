@@ -7,7 +7,15 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from learner.sft import STATE_FILE, SFTConfig, _collate, _encode, bucketed_batches, completion_loss, train_sft
+from learner.sft import (
+    STATE_FILE,
+    SFTConfig,
+    _collate,
+    _encode,
+    bucketed_batches,
+    completion_loss,
+    train_sft,
+)
 
 
 def _loss_on(path: Path, examples: list[tuple[str, str]]) -> float:

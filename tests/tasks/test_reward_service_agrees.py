@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from actors.tasks import TasksConfig, build_tasks, with_reward_service
 from protocol.config.reward import RewardConfig
 from protocol.schema import MathReference
+from recipe.tasks import TasksConfig, build_tasks, with_reward_service
 from reward_service.scorer import Scorer
 
 

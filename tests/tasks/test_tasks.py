@@ -7,10 +7,17 @@ from pathlib import Path
 
 import pytest
 
-from actors.tasks import (TaskDataError, TasksConfig, build_tasks, load_jsonl, score_all, sft_examples,
-                          tokenizer_corpus)
-from actors.tasks.generators import legs_fn_item, linear_fn_item
 from protocol.schema import CodeReference, MathReference, TaskKind
+from recipe.tasks import (
+    TaskDataError,
+    TasksConfig,
+    build_tasks,
+    load_jsonl,
+    score_all,
+    sft_examples,
+    tokenizer_corpus,
+)
+from recipe.tasks.generators import legs_fn_item, linear_fn_item
 
 SMALL = TasksConfig(train_size=150, held_out_size=40)
 

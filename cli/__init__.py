@@ -1,0 +1,1 @@
+"""The `ringrl` command line."""

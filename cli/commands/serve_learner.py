@@ -1,0 +1,42 @@
+"""`ringrl serve learner CONFIG`: the learner as a standalone process consuming the scored stream."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def register(app: typer.Typer, serve: typer.Typer) -> None:
+    @serve.command("learner")
+    def serve_learner(
+        config: Optional[Path] = typer.Argument(None, help="Run config (YAML); defaults if omitted."),
+        consumer: str = typer.Option("learner-0", help="Consumer name within the learner group."),
+    ) -> None:
+        """Train on scored groups (C3PO), publish weights, checkpoint; SIGTERM stops after a checkpoint."""
+        from cli.errors import fail
+        from protocol.config import ConfigError, load_config
+
+        try:
+            cfg = load_config(config)
+        except ConfigError as exc:
+            fail(str(exc))
+        if not cfg.redis.url:
+            fail("redis.url is required: the learner consumes the run's scored stream")
+        from learner.checkpoint import latest_checkpoint
+        from learner.loop import LearnerLoop, checkpoint_root
+
+        if not cfg.learner.model_path and latest_checkpoint(checkpoint_root(cfg)) is None:
+            fail("learner.model_path is empty and there is no checkpoint to resume from")
+        if cfg.learner.model_path and not Path(cfg.learner.model_path).is_dir():
+            fail(f"learner.model_path: no such model folder: {cfg.learner.model_path}")
+        try:
+            loop = LearnerLoop(cfg, consumer)
+        except (ValueError, OSError) as exc:
+            fail(str(exc).splitlines()[0])
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: loop.stop())
+        typer.echo(f"learner: version {loop.learner.version}, weights at {loop.server.base_url}")
+        loop.run()

@@ -1,0 +1,30 @@
+"""`ringrl sft [CONFIG]`: distillation of the tiny MoE (or a given model) on teacher solutions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def register(app: typer.Typer, serve: typer.Typer) -> None:
+    @app.command("sft")
+    def sft_cmd(
+        config: Path | None = typer.Argument(None, help="YAML with run/model/tasks/sft sections (defaults if omitted)."),
+        eval_n: int = typer.Option(0, "--eval-n", min=0,
+                                   help="Held-out items per source to score at each checkpoint (0: none)."),
+    ) -> None:
+        """Distil the model on teacher solutions, saving several checkpoints."""
+        from rich.console import Console
+
+        from cli.errors import fail
+        from protocol.config import ConfigError, load_config
+        from protocol.config.train import SFTRunConfig
+        from recipe.distil import run_sft
+        from recipe.tasks import TaskDataError
+
+        try:
+            cfg = load_config(config, model=SFTRunConfig)
+            run_sft(cfg, eval_n, Console())
+        except (ConfigError, TaskDataError, ValueError) as exc:
+            fail(str(exc))
