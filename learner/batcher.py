@@ -3,7 +3,9 @@
 The unit the batcher moves is a `Piece`: a contiguous span `[start, end)` of one response's tokens.
 A whole response is one piece; the cut at the budget splits it into two pieces, of which the second
 keeps the first's tokens as (loss-free) context, so the model conditions on the same prefix the
-engine sampled from.
+engine sampled from. With `carry_over: false` that second piece is dropped instead; whole
+responses behind it always wait for the next step, so the plan does not depend on how the groups
+happened to arrive.
 
 Advantages are computed on the whole group at ingest, before any cut, so a cut never changes the
 value a token is trained with. Token accounting always balances:
@@ -202,15 +204,15 @@ class Batcher:
                 p = self.buffer.popleft()
                 if p.num_tokens > need:
                     p, rest = p.split(need)
-                    self.buffer.appendleft(rest)
+                    if self.carry_over:
+                        self.buffer.appendleft(rest)
+                    else:
+                        self.counters.tokens_dropped_leftover += rest.num_tokens
                 taken.append(p)
                 need -= p.num_tokens
         else:
             while len(taken) < self.sequences_per_step and self.buffer:
                 taken.append(self.buffer.popleft())
-        if not self.carry_over and self.buffer:
-            self.counters.tokens_dropped_leftover += self.buffered_tokens
-            self.buffer.clear()
         step = Step(taken, current_version, self.normaliser, self.token_budget,
                     self.sequences_per_step)
         self.counters.tokens_trained += step.num_tokens

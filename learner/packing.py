@@ -3,11 +3,11 @@
 Packed: every sequence of a micro-batch is concatenated into one row whose position ids restart
 at 0 per sequence and no attention mask is passed; transformers (>= 4.56) then builds a
 block-diagonal causal mask from the position ids for the sdpa/eager kernels, so no token attends
-across a boundary (tests/learner/test_packing.py checks this against separate forwards).
+across a boundary (tests/learner/test_objective.py checks packed against padded rows).
 
 Each sequence is prompt + response[:end]; the loss covers response tokens [start, end), predicted
 from the position before each. Targets are gathered by flat index, so packed and padded layouts
-share one loss path.
+share one objective (learner/objective.py); this module only lays out tokens.
 """
 
 from __future__ import annotations
@@ -34,13 +34,7 @@ class MicroBatch:
     behaviour_logprobs: torch.Tensor
     advantages: torch.Tensor
     weights: torch.Tensor
-    """[N] per-token loss weights (C3PO: 1/token_budget)."""
-    seq_ids: torch.Tensor
-    """[N] index of the sequence within the step each loss token belongs to (per-sequence metrics)."""
-
-    @property
-    def num_tokens(self) -> int:
-        return int(self.targets.numel())
+    """[N] each token's `Step.token_weights` (what it means: learner/objective.py)."""
 
     @property
     def num_real_input_tokens(self) -> int:
@@ -82,8 +76,8 @@ def plan_buckets(pieces: list[Piece], max_tokens: int) -> list[list[int]]:
     return plans
 
 
-def _loss_fields(step: Step, idx: list[int], offsets: list[int]) -> dict[str, torch.Tensor]:
-    logit_index, targets, beh, adv, w, sid = [], [], [], [], [], []
+def _token_fields(step: Step, idx: list[int], offsets: list[int]) -> dict[str, torch.Tensor]:
+    logit_index, targets, beh, adv, w = [], [], [], [], []
     for i, off in zip(idx, offsets):
         p = step.pieces[i]
         # token response[j] sits at off + len(prompt) + j and is predicted by the position before it
@@ -93,14 +87,12 @@ def _loss_fields(step: Step, idx: list[int], offsets: list[int]) -> dict[str, to
         beh.append(p.behaviour_logprobs[p.start:p.end])
         adv.append(np.full(p.num_tokens, p.advantage))
         w.append(np.full(p.num_tokens, step.token_weights(p)))
-        sid.append(np.full(p.num_tokens, i))
     cat = np.concatenate
     return dict(logit_index=torch.from_numpy(cat(logit_index)).long(),
                 targets=torch.from_numpy(cat(targets)).long(),
                 behaviour_logprobs=torch.from_numpy(cat(beh).astype(np.float32)),
                 advantages=torch.from_numpy(cat(adv).astype(np.float64)),
-                weights=torch.from_numpy(cat(w).astype(np.float64)),
-                seq_ids=torch.from_numpy(cat(sid)).long())
+                weights=torch.from_numpy(cat(w).astype(np.float64)))
 
 
 def pack(step: Step, idx: list[int]) -> MicroBatch:
@@ -108,7 +100,7 @@ def pack(step: Step, idx: list[int]) -> MicroBatch:
     offsets = np.cumsum([0] + [len(s) for s in seqs[:-1]]).tolist()
     ids = torch.from_numpy(np.concatenate(seqs)).long()[None]
     pos = torch.from_numpy(np.concatenate([np.arange(len(s)) for s in seqs])).long()[None]
-    return MicroBatch(ids, pos, None, **_loss_fields(step, idx, offsets))
+    return MicroBatch(ids, pos, None, **_token_fields(step, idx, offsets))
 
 
 def pad(step: Step, idx: list[int], pad_id: int = 0) -> MicroBatch:
@@ -121,7 +113,7 @@ def pad(step: Step, idx: list[int], pad_id: int = 0) -> MicroBatch:
         ids[r, :len(s)] = torch.from_numpy(s)
         mask[r, :len(s)] = 1
     pos = torch.arange(width).expand(len(seqs), -1).contiguous()
-    return MicroBatch(ids, pos, mask, **_loss_fields(step, idx, [r * width for r in range(len(seqs))]))
+    return MicroBatch(ids, pos, mask, **_token_fields(step, idx, [r * width for r in range(len(seqs))]))
 
 
 LAYOUTS = ("packed", "bucketed", "padded")

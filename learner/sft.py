@@ -20,7 +20,8 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from learner.sft_config import SFTConfig
+from learner.trainer import warmup_schedule
+from protocol.config.sft import SFTConfig
 
 STATE_FILE = "sft_state.json"
 
@@ -123,8 +124,7 @@ def train_sft(cfg: SFTConfig, examples: Sequence[tuple[str, str]],
         raise ValueError("sft: no training examples")
     lengths = [len(e.ids) for e in data]
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0)
+    sched = warmup_schedule(opt, cfg.warmup_steps)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id

@@ -18,16 +18,14 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch.optim.lr_scheduler import LambdaLR
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from learner import loss as L
 from learner.batcher import Batcher, Step
+from learner.objective import SUMS, ObjectiveConfig, ObjectiveInputs, objective
 from learner.packing import MicroBatch, microbatches
 from protocol.config.learner import LearnerConfig
 from protocol.schema import Group
-
-_SUMS = ("pg_loss", "entropy_loss", "lb_loss", "z_loss", "entropy_sum", "tokens", "clipped",
-         "mismatch_sum", "tis_clipped", "input_tokens")
 
 
 def moe_shape(config: Any) -> tuple[int, int] | None:
@@ -46,8 +44,13 @@ def load_model(path: str, trust_remote_code: bool = False) -> torch.nn.Module:
                                                 trust_remote_code=trust_remote_code, **kw)
 
 
-def warmup_lambda(warmup_steps: int):  # noqa: ANN201 (a LambdaLR callable)
-    return lambda s: min(1.0, (s + 1) / warmup_steps) if warmup_steps else 1.0
+def warmup_schedule(optimizer: torch.optim.Optimizer, warmup_steps: int) -> LambdaLR:
+    """Linear warm-up, then constant: step s (from 0) runs at lr * min(1, (s + 1) / warmup_steps).
+
+    Not transformers' get_constant_schedule_with_warmup: its first step runs at lr 0, which would
+    spend a whole step of rollouts on no update.
+    """
+    return LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup_steps) if warmup_steps else 1.0)
 
 
 class Learner:
@@ -60,7 +63,8 @@ class Learner:
         self.moe = moe_shape(self.model.config)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, betas=cfg.betas,
                                            eps=cfg.adam_eps, weight_decay=cfg.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup_lambda(cfg.warmup_steps))
+        self.scheduler = warmup_schedule(self.optimizer, cfg.warmup_steps)
+        self.objective_cfg = ObjectiveConfig.from_config(cfg)
         self.batcher = Batcher.from_config(cfg)
         self.version = 0
         """Policy version of the current weights: the number of optimiser steps applied."""
@@ -78,38 +82,15 @@ class Learner:
         logits = out.logits.reshape(-1, out.logits.shape[-1])[mb.logit_index]
         return logits, tuple(out.router_logits) if self.moe else ()
 
-    def microbatch_loss(self, mb: MicroBatch, step_input_tokens: int) -> tuple[torch.Tensor, dict[str, float]]:
-        """This micro-batch's share of the step loss, and its metric sums."""
-        cfg = self.cfg
+    def objective_inputs(self, mb: MicroBatch, step_input_tokens: int) -> ObjectiveInputs:
+        """Forward one micro-batch; its outputs and loss fields as the objective's inputs."""
         logits, router = self._forward(mb)
-        logp, entropy = L.logprobs_and_entropy(logits, mb.targets)
-        w = mb.weights.to(logp.dtype)
-        beh = mb.behaviour_logprobs.to(logp.dtype)
-        old = logp.detach() if cfg.old_logprobs == "recompute" else beh
-        tok_loss, clipped = L.ppo_clip(logp, old, mb.advantages.to(logp.dtype), cfg.clip_low, cfg.clip_high)
-        tis_clipped = 0.0
-        if cfg.tis_cap is not None:
-            tis = L.tis_weights(logp, beh, cfg.tis_cap)
-            tok_loss = tok_loss * tis
-            tis_clipped = float((tis >= cfg.tis_cap).sum())
-        pg = (w * tok_loss).sum()
-        ent = -(w * entropy).sum()
-        total = pg + cfg.entropy_coef * ent
-        lb = z = torch.zeros((), dtype=logp.dtype)
-        if router:
-            mask = None if mb.attention_mask is None else mb.attention_mask.reshape(-1)
-            share = mb.num_real_input_tokens / step_input_tokens
-            lb = L.load_balance_loss(router, self.moe[1], mask) * share
-            z = L.router_z_sum(router, mask) / step_input_tokens
-            total = total + cfg.load_balance_coef * lb + cfg.router_z_coef * z
-        mismatch = (logp.detach() - beh).abs()
-        pg, ent, lb, z = (t.detach() for t in (pg, ent, lb, z))
-        sums = {"pg_loss": float(pg), "entropy_loss": float(ent), "lb_loss": float(lb), "z_loss": float(z),
-                "entropy_sum": float(entropy.detach().sum()), "tokens": float(mb.num_tokens),
-                "clipped": float(clipped.sum()), "mismatch_sum": float(mismatch.sum()),
-                "tis_clipped": tis_clipped, "input_tokens": float(mb.num_real_input_tokens),
-                "mismatch_max": float(mismatch.max()) if mismatch.numel() else 0.0}
-        return total, sums
+        return ObjectiveInputs(
+            logits=logits, targets=mb.targets, behaviour_logprobs=mb.behaviour_logprobs,
+            advantages=mb.advantages, weights=mb.weights, input_tokens=mb.num_real_input_tokens,
+            step_input_tokens=step_input_tokens, router_logits=router,
+            router_mask=None if mb.attention_mask is None else mb.attention_mask.reshape(-1),
+            top_k=self.moe[1] if self.moe else 0)
 
     # --- one step ---------------------------------------------------------------------------
     def train_step(self, step: Step) -> dict[str, float]:
@@ -117,15 +98,15 @@ class Learner:
         t0 = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=False)
         step_input = sum(len(p.prompt_ids) + p.end for p in step.pieces)
-        sums = dict.fromkeys(_SUMS, 0.0)
+        sums = dict.fromkeys(SUMS, 0.0)
         mismatch_max = 0.0
         for mb in microbatches(step, self.cfg.max_tokens_per_microbatch, self.layout, self.rank,
                                self.world_size):
-            loss, s = self.microbatch_loss(mb, step_input)
-            loss.backward()
-            mismatch_max = max(mismatch_max, s.pop("mismatch_max"))
-            for k in _SUMS:
-                sums[k] += s[k]
+            terms = objective(self.objective_inputs(mb, step_input), self.objective_cfg)
+            terms.loss.backward()
+            mismatch_max = max(mismatch_max, terms.mismatch_max)
+            for k in SUMS:
+                sums[k] += terms.sums[k]
         if self.world_size > 1:
             self._all_reduce(sums)
             mm = torch.tensor([mismatch_max])
@@ -140,8 +121,9 @@ class Learner:
         self.version += 1
         n = max(sums["tokens"], 1.0)
         return {
-            "step": float(self.version), "loss": sums["pg_loss"] + self.cfg.entropy_coef * sums["entropy_loss"]
-            + self.cfg.load_balance_coef * sums["lb_loss"] + self.cfg.router_z_coef * sums["z_loss"],
+            "step": float(self.version),
+            "loss": self.objective_cfg.combine(sums["pg_loss"], sums["entropy_loss"], sums["lb_loss"],
+                                               sums["z_loss"]),
             "pg_loss": sums["pg_loss"], "entropy_loss": sums["entropy_loss"], "lb_loss": sums["lb_loss"],
             "z_loss": sums["z_loss"], "entropy": sums["entropy_sum"] / n, "tokens": sums["tokens"],
             "input_tokens": sums["input_tokens"], "sequences": float(len(step.pieces)),
@@ -162,9 +144,9 @@ class Learner:
         for g in grads:
             g.copy_(flat[offset:offset + g.numel()].view_as(g))
             offset += g.numel()
-        vals = torch.tensor([sums[k] for k in _SUMS], dtype=torch.float64)
+        vals = torch.tensor([sums[k] for k in SUMS], dtype=torch.float64)
         dist.all_reduce(vals)
-        sums.update(zip(_SUMS, vals.tolist()))
+        sums.update(zip(SUMS, vals.tolist()))
 
     # --- groups in, metrics out -------------------------------------------------------------
     def add_groups(self, groups: Iterable[Group]) -> None:

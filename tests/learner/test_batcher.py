@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from learner.batcher import Batcher, group_advantages, has_signal
+from protocol.schema import Group
 from tests.learner.helpers import scored_groups
 
 
@@ -45,15 +46,37 @@ def test_cut_response_continues_in_next_step_with_its_prefix_as_context() -> Non
     assert first.pieces[1].advantage == second.pieces[0].advantage == pytest.approx(-1.0, abs=1e-5)
 
 
-def test_leftover_dropped_without_carry_over_and_counted() -> None:
+def test_without_carry_over_only_the_rest_of_the_cut_response_is_dropped() -> None:
     b = _batcher(token_budget=30, carry_over=False)
-    groups = scored_groups(10, seed=1, min_len=10, max_len=20)
-    b.add(groups, 0)
+    b.add(scored_groups(10, seed=1, min_len=10, max_len=20), 0)
     step = b.next_step(0)
-    assert step.num_tokens == 30 and b.buffered_tokens == 0
+    cut = step.pieces[-1]
+    assert step.num_tokens == 30 and cut.end < cut.response_len
     c = b.counters
-    assert c.tokens_dropped_leftover == c.tokens_in - c.tokens_filtered - 30 > 0
+    assert c.tokens_dropped_leftover == cut.response_len - cut.end
+    assert b.buffered_tokens == c.tokens_in - c.tokens_filtered - 30 - c.tokens_dropped_leftover > 0
+    assert all(p.start == 0 for p in b.buffer)  # later responses wait whole for the next step
     assert b.accounting_balances()
+
+
+@pytest.mark.parametrize("carry_over", [False, True])
+def test_plan_does_not_depend_on_how_groups_arrive(carry_over: bool) -> None:
+    groups = scored_groups(12, seed=6, min_len=5, max_len=40)
+
+    def plan(batcher: Batcher, chunks: list[list[Group]]) -> list[list[tuple[str, int, int, int]]]:
+        steps = []
+        for chunk in chunks:
+            batcher.add(chunk, 0)
+            while (step := batcher.next_step(0)) is not None:
+                steps.append([(p.group_id, p.index, p.start, p.end) for p in step.pieces])
+        assert batcher.accounting_balances()
+        return steps
+
+    at_once, one_by_one = (_batcher(token_budget=37, carry_over=carry_over) for _ in range(2))
+    want = plan(at_once, [groups])
+    assert len(want) > 3
+    assert plan(one_by_one, [[g] for g in groups]) == want
+    assert at_once.counters == one_by_one.counters
 
 
 def test_zero_variance_and_stale_groups_dropped_and_counted() -> None:

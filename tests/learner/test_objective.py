@@ -1,4 +1,4 @@
-"""Loss and gradient against a plain float64 reference; aux losses by hand; split invariance."""
+"""The objective: loss and gradient against a plain float64 reference; terms by hand; split invariance."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from learner import loss as L
+from learner import objective as O
 from learner.batcher import Batcher, Step
 from learner.packing import microbatches
 from learner.trainer import Learner
@@ -30,7 +30,7 @@ def _loss_and_grads(learner: Learner, step: Step, max_tokens: int) -> tuple[floa
     step_input = sum(len(p.prompt_ids) + p.end for p in step.pieces)
     total = 0.0
     for mb in microbatches(step, max_tokens, learner.layout):
-        loss, _ = learner.microbatch_loss(mb, step_input)
+        loss = O.objective(learner.objective_inputs(mb, step_input), learner.objective_cfg).loss
         loss.backward()
         total += float(loss.detach())
     return total, {n: p.grad.clone() for n, p in learner.model.named_parameters() if p.grad is not None}
@@ -65,7 +65,7 @@ def test_loss_and_gradient_match_float64_reference(moe_path: Path) -> None:
     learner.model.zero_grad(set_to_none=True)
     want = _reference(learner.model, step, cfg)
     want.backward()
-    assert got == pytest.approx(float(want), abs=1e-10)
+    assert got == pytest.approx(float(want.detach()), abs=1e-10)
     for n, p in learner.model.named_parameters():
         if p.grad is not None:
             torch.testing.assert_close(grads[n], p.grad, atol=1e-10, rtol=1e-8, msg=n)
@@ -107,28 +107,52 @@ def test_load_balance_and_z_loss_by_hand() -> None:
     probs = torch.softmax(logits, -1)
     f = torch.tensor([2 / 3, 1 / 3, 0.0])  # experts chosen: 0, 1, 0
     p = probs.mean(0)
-    assert float(L.load_balance_loss((logits,), top_k=1)) == pytest.approx(3 * float((f * p).sum()))
+    assert float(O.load_balance_loss((logits,), top_k=1)) == pytest.approx(3 * float((f * p).sum()))
     # two layers average; uniform routing gives exactly 1
     uniform = torch.zeros(4, 3)
-    two = L.load_balance_loss((logits, logits), top_k=1)
+    two = O.load_balance_loss((logits, logits), top_k=1)
     assert float(two) == pytest.approx(3 * float((f * p).sum()))
-    assert float(L.load_balance_loss((torch.zeros(6, 4),), top_k=2, mask=None)) == pytest.approx(1.0)
+    assert float(O.load_balance_loss((torch.zeros(6, 4),), top_k=2, mask=None)) == pytest.approx(1.0)
     z = sum(math.log(sum(math.exp(v) for v in row)) ** 2 for row in logits.tolist())
-    assert float(L.router_z_sum((logits, uniform[:3]))) == pytest.approx(
+    assert float(O.router_z_sum((logits, uniform[:3]))) == pytest.approx(
         (z + 3 * math.log(3) ** 2) / 2)
     # a masked (padding) token does not count
     mask = torch.tensor([1, 1, 0])
     f2, p2 = torch.tensor([0.5, 0.5, 0.0]), probs[:2].mean(0)
-    assert float(L.load_balance_loss((logits,), 1, mask)) == pytest.approx(3 * float((f2 * p2).sum()))
+    assert float(O.load_balance_loss((logits,), 1, mask)) == pytest.approx(3 * float((f2 * p2).sum()))
 
 
 def test_tis_and_clip() -> None:
     lp, beh = torch.tensor([-1.0, -2.0]), torch.tensor([-3.0, -1.0])
-    torch.testing.assert_close(L.tis_weights(lp, beh, cap=2.0), torch.tensor([2.0, math.exp(-1.0)]))
-    loss, clipped = L.ppo_clip(torch.tensor([0.0, 0.0]), torch.tensor([-1.0, -1.0]),
+    torch.testing.assert_close(O.tis_weights(lp, beh, cap=2.0), torch.tensor([2.0, math.exp(-1.0)]))
+    loss, clipped = O.ppo_clip(torch.tensor([0.0, 0.0]), torch.tensor([-1.0, -1.0]),
                                torch.tensor([1.0, -1.0]), 0.2, 0.28)
     torch.testing.assert_close(loss, torch.tensor([-1.28, math.e]))
     assert clipped.tolist() == [True, False]
+
+
+def test_objective_combines_its_terms() -> None:
+    g = torch.Generator().manual_seed(0)
+    logits, router = torch.randn(3, 5, generator=g), torch.randn(4, 3, generator=g)
+    targets, beh = torch.tensor([0, 3, 1]), torch.tensor([-1.0, -2.5, -0.5])
+    adv, w = torch.tensor([1.0, -0.5, 2.0]), torch.full((3,), 1 / 8)
+    mask = torch.tensor([1, 1, 1, 0])
+    cfg = O.ObjectiveConfig(0.2, 0.28, entropy_coef=0.1, load_balance_coef=0.5, router_z_coef=0.25,
+                            old_logprobs="recompute", tis_cap=1.5)
+    x = O.ObjectiveInputs(logits, targets, beh, adv, w, input_tokens=3, step_input_tokens=6,
+                          router_logits=(router,), router_mask=mask, top_k=1)
+    terms = O.objective(x, cfg)
+    logp_all = torch.log_softmax(logits, -1)
+    logp = logp_all[torch.arange(3), targets]
+    tis = torch.exp(logp - beh).clamp(max=1.5)  # recompute: ratio 1, so the token loss is -A * tis
+    pg = (w * -adv * tis).sum()
+    ent = -(w * -(logp_all.exp() * logp_all).sum(-1)).sum()
+    lb = O.load_balance_loss((router,), 1, mask) * 3 / 6
+    z = (torch.logsumexp(router[:3], -1) ** 2).sum() / 6
+    torch.testing.assert_close(terms.loss, pg + 0.1 * ent + 0.5 * lb + 0.25 * z)
+    assert terms.sums["pg_loss"] == pytest.approx(float(pg))
+    assert terms.sums["tis_clipped"] == float((tis >= 1.5).sum())
+    assert terms.mismatch_max == pytest.approx(float((logp - beh).abs().max()))
 
 
 def test_aux_coefficients_enter_the_loss(moe_path: Path) -> None:
