@@ -20,7 +20,7 @@ class RolloutActor:
             raise ValueError("redis.url: the rollout actor streams into Redis; start one first")
         self._engine = Engine(model or cfg.rollout.model, cfg.rollout, version=version)
         self._rollouts = Rollouts(self._engine, connect(cfg.redis.url), cfg.run.name, cfg.rollout,
-                                  cfg.redis.rollouts_max_len)
+                                  cfg.redis.max_backlog)
         self._receiver = BroadcastReceiver(self._engine)
         self._backend = cfg.rollout.weight_backend
 

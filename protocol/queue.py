@@ -51,20 +51,37 @@ def connect(url: str) -> redis.Redis:
     return redis.Redis.from_url(url, decode_responses=False, health_check_interval=30)
 
 
+def pending_count(client: redis.Redis, stream: str, group: str) -> int:
+    """Entries of `stream` read by `group` and not yet acknowledged (0 before the group exists)."""
+    try:
+        return int(client.xpending(stream, group)["pending"])
+    except redis.ResponseError as exc:
+        if "NOGROUP" in str(exc):
+            return 0
+        raise
+
+
 class Backpressure:
-    """Waits while the summed length of some streams is at or above `max_backlog`."""
+    """Waits while the summed length of some streams is at or above `max_backlog`.
+
+    `custody` (stream, group): entries that group has read but holds unacknowledged until they are
+    durable downstream (the learner acks after a checkpoint) are not backlog: they are not waiting
+    for anyone, and counting them would let the holder's checkpoint interval stall the producers.
+    """
 
     def __init__(self, client: redis.Redis, streams: Sequence[str], max_backlog: int,
-                 poll_s: float = 0.05) -> None:
+                 poll_s: float = 0.05, custody: tuple[str, str] | None = None) -> None:
         if max_backlog <= 0:
             raise ValueError("max_backlog must be positive")
         self.client, self.streams, self.max_backlog, self.poll_s = client, list(streams), max_backlog, poll_s
+        self.custody = custody
 
     def backlog(self) -> int:
         pipe = self.client.pipeline(transaction=False)
         for s in self.streams:
             pipe.xlen(s)
-        return int(sum(pipe.execute()))
+        held = pending_count(self.client, *self.custody) if self.custody else 0
+        return int(sum(pipe.execute())) - held
 
     def wait(self, needed: int = 1, timeout: float | None = None,
              stop: Callable[[], bool] | None = None) -> float:
@@ -120,6 +137,7 @@ class StreamConsumer:
         self.claim_idle_ms, self.reclaim_every_s = claim_idle_ms, reclaim_every_s
         self.dead_letter_stream = dead_letter(stream)
         self._claim_cursor = b"0-0"
+        self._recover_cursor = b"0"
         self._last_reclaim = 0.0
         self._forward = client.register_script(_FORWARD)
         self.dead_lettered = 0
@@ -146,6 +164,18 @@ class StreamConsumer:
             for _, rows in resp or []:
                 out.extend(self._decode(rows, reclaimed=False))
         return out
+
+    def recover(self, count: int) -> list[Entry]:
+        """The next entries this consumer name read earlier and never acked (a restart after a
+        crash), oldest first; [] once all have been returned."""
+        resp = self.client.xreadgroup(self.group, self.consumer, {self.stream: self._recover_cursor},
+                                      count=count)
+        found = [row for _, rows in resp or [] for row in rows]
+        if found:
+            self._recover_cursor = found[-1][0]
+        entries = self._decode([(eid, f) for eid, f in found if f], reclaimed=True)
+        self.reclaimed += len(entries)
+        return entries
 
     def _reclaim(self, count: int) -> list[Entry]:
         cursor, rows, deleted = self._xautoclaim(count)
@@ -208,7 +238,7 @@ class StreamConsumer:
 
     def pending(self) -> int:
         """Entries read by some consumer of the group and not yet acknowledged."""
-        return int(self.client.xpending(self.stream, self.group)["pending"])
+        return pending_count(self.client, self.stream, self.group)
 
 
 def _pairs(fields: object) -> dict[bytes, bytes]:

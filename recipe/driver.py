@@ -105,7 +105,7 @@ def run_stage(cfg: TrainConfig, stage: StageConfig, path: str, version: int, ste
                 log.log(row)
                 bar.advance(task)
     except BaseException:
-        runner.emergency_checkpoint(out / "checkpoints")
+        runner.emergency_checkpoint()
         raise
     return runner.finish(out / "stages" / stage.name / "final")
 

@@ -25,8 +25,8 @@ from actors.rollout_actor import RolloutActor
 from actors.trainer_actor import TrainerActor
 from protocol.config import RunConfig
 from protocol.config.train import StageConfig, TrainConfig
-from protocol.queue import connect
-from protocol.streams import RunKeys
+from protocol.queue import Backpressure, connect
+from protocol.streams import LEARNER_GROUP, RunKeys
 from recipe.tasks import TaskItem
 
 
@@ -39,16 +39,17 @@ class StageResult:
 
 
 def stage_run_config(cfg: TrainConfig, stage: StageConfig, model_path: str, redis_url: str,
-                     port: int) -> RunConfig:
-    """The service sections of the run, specialised to this stage."""
+                     port: int, out_dir: Path) -> RunConfig:
+    """The service sections of the run, specialised to this stage (its own checkpoints: a stage
+    never resumes from the one before)."""
     base = RunConfig.model_validate(cfg.model_dump(include=set(RunConfig.model_fields)))
     learner = base.learner.model_copy(update=dict(
         model_path=model_path, token_budget=stage.token_budget, lr=stage.lr,
-        warmup_steps=stage.warmup_steps, broadcast_port=port, broadcast_world_size=2))
+        warmup_steps=stage.warmup_steps, broadcast_port=port, broadcast_world_size=2,
+        checkpoint_dir=str(out_dir / "checkpoints")))
     rollout = base.rollout.model_copy(update=dict(
         model=model_path, n=stage.n, max_tokens=stage.max_new_tokens,
-        max_inflight_groups=stage.prompts_per_round, max_pending_prompts=stage.prompts_per_round,
-        max_backlog=stage.max_backlog_groups, max_staleness=learner.max_staleness))
+        max_inflight_groups=stage.prompts_per_round, max_pending_prompts=stage.prompts_per_round))
     return base.model_copy(update=dict(learner=learner, rollout=rollout,
                                        redis=base.redis.model_copy(update={"url": redis_url})))
 
@@ -87,20 +88,22 @@ class StageRunner:
                  model_path: str, version: int, redis_url: str, out_dir: Path) -> None:
         self.cfg, self.stage = cfg, stage
         port = free_port()
-        self.rc = stage_run_config(cfg, stage, model_path, redis_url, port)
+        self.rc = stage_run_config(cfg, stage, model_path, redis_url, port, out_dir)
         cj = self.rc.model_dump_json()
         self.keys = RunKeys(cfg.run.name)
         self.client = connect(redis_url)
+        self.backlog = Backpressure(self.client, [self.keys.rollouts, self.keys.scored], 1,
+                                    custody=(self.keys.scored, LEARNER_GROUP))
         self.prompts = prompt_stream(items, stage, cfg.run.seed + version, replay)
         # One intra-op thread for the learner: it shares the machine with the engine's pinned
         # thread pool, and oversubscribed OpenMP pools spin against each other (10x slower).
         threads = {"env_vars": {"OMP_NUM_THREADS": str(cfg.learner_threads)}}
         self.trainer = TrainerActor.options(num_cpus=1, runtime_env=threads).remote(
-            cj, model_path, version, str(out_dir / "weights"), 2)
+            cj, version, str(out_dir / "weights"))
         self.rollout = RolloutActor.options(num_cpus=1).remote(cj, model_path, version)
         self.rewards = [RewardActor.options(num_cpus=0).remote(cj, i) for i in range(cfg.reward_workers)]
         self._reward_runs = [r.run.remote() for r in self.rewards]
-        ray.get([self.trainer.join_broadcast.remote(),
+        ray.get([self.trainer.join_broadcast.remote(2),
                  self.rollout.join_weight_group.remote(self.rc.learner.broadcast_host, port, 1, 2)])
         self._stop = threading.Event()
         self._feeder: threading.Thread | None = None
@@ -138,7 +141,7 @@ class StageRunner:
                 raise TimeoutError("stage drain: the engine did not finish its prompts in time")
         while time.monotonic() < deadline:
             ray.get(self.trainer.ingest.remote(50))
-            if (self.client.xlen(self.keys.rollouts) == 0 and self.client.xlen(self.keys.scored) == 0):
+            if self.backlog.backlog() == 0:  # what the learner holds unacked is in its batcher
                 ray.get(self.trainer.ingest.remote(50))  # entries read but not yet in the batcher
                 return
         raise TimeoutError("stage drain: groups still in the streams after the deadline")
@@ -178,11 +181,11 @@ class StageRunner:
     def rollout_stats(self) -> dict[str, int]:
         return ray.get(self.rollout.stats.remote())
 
-    def emergency_checkpoint(self, root: Path) -> None:
+    def emergency_checkpoint(self) -> None:
         """On Ctrl-C or a failure: keep a resumable checkpoint of the learner, if it still answers."""
         self._stop_feeder()
         try:
-            print(f"saved learner checkpoint {ray.get(self.trainer.checkpoint.remote(str(root)), timeout=120)}")
+            print(f"saved learner checkpoint {ray.get(self.trainer.checkpoint.remote(), timeout=120)}")
         except Exception as exc:  # the learner itself may be what failed
             print(f"no checkpoint saved: {type(exc).__name__}: {exc}")
 

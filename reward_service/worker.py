@@ -24,7 +24,7 @@ class RewardWorker:
         self.client = connect(redis.url)
         self.consumer = StreamConsumer(self.client, self.keys.rollouts, REWARD_GROUP, name,
                                        claim_idle_ms=redis.claim_idle_ms)
-        self.backpressure = Backpressure(self.client, [self.keys.scored], redis.scored_max_len)
+        self.backpressure = Backpressure(self.client, [self.keys.scored], redis.max_backlog)
         self._stop = threading.Event()
         self._stats: Counter[str] = Counter()
 

@@ -15,7 +15,7 @@ from protocol.codec import encode_group
 from protocol.config.rollout import RolloutConfig
 from protocol.queue import Backpressure, StreamProducer
 from protocol.schema import Group, Reference, Response, TaskKind
-from protocol.streams import RunKeys
+from protocol.streams import LEARNER_GROUP, RunKeys
 from rollout_service.engine import Engine, InvalidRequest, Sampling
 
 
@@ -43,19 +43,24 @@ class Prompt(BaseModel):
 class Gate:
     """Why new prompts must wait right now, if they must: stream backlog or learner staleness."""
 
-    def __init__(self, client: redis.Redis, keys: RunKeys, config: RolloutConfig, engine: Engine) -> None:
-        self.client, self.keys, self.config, self.engine = client, keys, config, engine
-        self.backpressure = Backpressure(client, [keys.rollouts, keys.scored], config.max_backlog)
+    def __init__(self, client: redis.Redis, keys: RunKeys, max_backlog: int, engine: Engine) -> None:
+        self.client, self.keys, self.engine = client, keys, engine
+        self.backpressure = Backpressure(client, [keys.rollouts, keys.scored], max_backlog,
+                                         custody=(keys.scored, LEARNER_GROUP))
 
-    def learner_version(self) -> int | None:
-        raw = self.client.hget(self.keys.learner_state, "version")
-        return None if raw is None else int(raw)
+    def learner_bound(self) -> tuple[int, int] | None:
+        """(learner version, its staleness bound) from the learner's state hash; None before it starts.
+
+        The bound is the learner's own setting, read from it, so the two sides cannot disagree.
+        """
+        version, bound = self.client.hmget(self.keys.learner_state, ["version", "max_staleness"])
+        return None if version is None or bound is None else (int(version), int(bound))
 
     def reason(self) -> str | None:
-        if self.backpressure.backlog() >= self.config.max_backlog:
+        if self.backpressure.backlog() >= self.backpressure.max_backlog:
             return "backlog"
-        learner = self.learner_version()
-        if learner is not None and self.engine.version - learner > self.config.max_staleness:
+        learner = self.learner_bound()
+        if learner is not None and self.engine.version - learner[0] > learner[1]:
             return "staleness"
         return None
 
@@ -69,12 +74,12 @@ class Rollouts:
     """
 
     def __init__(self, engine: Engine, client: redis.Redis, run: str, config: RolloutConfig,
-                 stream_max_len: int = 4096) -> None:
+                 max_backlog: int = 4096) -> None:
         self.engine, self.client, self.config = engine, client, config
         self.keys = RunKeys(run)
         self.metrics = engine.metrics
-        self.gate = Gate(client, self.keys, config, engine)
-        self.producer = StreamProducer(client, self.keys.rollouts, stream_max_len)
+        self.gate = Gate(client, self.keys, max_backlog, engine)
+        self.producer = StreamProducer(client, self.keys.rollouts, max_backlog)
         self._pending: queue.Queue[tuple[Group, Prompt, float]] = queue.Queue(config.max_pending_prompts)
         self._finished: queue.Queue[Group] = queue.Queue()
         self._slots = threading.Semaphore(config.max_inflight_groups)

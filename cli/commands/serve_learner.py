@@ -25,18 +25,25 @@ def register(app: typer.Typer, serve: typer.Typer) -> None:
             fail(str(exc))
         if not cfg.redis.url:
             fail("redis.url is required: the learner consumes the run's scored stream")
+        import threading
+
         from learner.checkpoint import latest_checkpoint
-        from learner.loop import LearnerLoop, checkpoint_root
+        from learner.session import LearnerSession, checkpoint_root
 
         if not cfg.learner.model_path and latest_checkpoint(checkpoint_root(cfg)) is None:
             fail("learner.model_path is empty and there is no checkpoint to resume from")
         if cfg.learner.model_path and not Path(cfg.learner.model_path).is_dir():
             fail(f"learner.model_path: no such model folder: {cfg.learner.model_path}")
         try:
-            loop = LearnerLoop(cfg, consumer)
+            session = LearnerSession(cfg, consumer)
+            session.join_broadcast(cfg.learner.broadcast_world_size)
         except (ValueError, OSError) as exc:
             fail(str(exc).splitlines()[0])
+        stop = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: loop.stop())
-        typer.echo(f"learner: version {loop.learner.version}, weights at {loop.server.base_url}")
-        loop.run()
+            signal.signal(sig, lambda *_: stop.set())
+        typer.echo(f"learner: version {session.learner.version}, weights at {session.server.base_url}")
+        try:
+            session.run(stop)
+        finally:
+            session.close()

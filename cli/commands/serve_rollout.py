@@ -40,7 +40,7 @@ def register(app: typer.Typer, serve: typer.Typer) -> None:
         rollouts = None
         if cfg.redis.url:
             client = connect(cfg.redis.url)
-            rollouts = Rollouts(engine, client, cfg.run.name, cfg.rollout, cfg.redis.rollouts_max_len)
+            rollouts = Rollouts(engine, client, cfg.run.name, cfg.rollout, cfg.redis.max_backlog)
             if cfg.rollout.follow_weights:
                 follow_weights(engine, client, RunKeys(cfg.run.name))
         try:

@@ -76,7 +76,12 @@ class LearnerConfig(Section):
     checkpoint_dir: str = Field(
         default="", description="Where checkpoints go (empty: <run.output_dir>/<run.name>/checkpoints).")
     checkpoint_every: int = Field(
-        default=10, ge=0, description="Checkpoint every this many steps (0: never); stream entries are acked after it.")
+        default=10, ge=0, description="Checkpoint every this many steps (0: only when the learner stops).")
+    ack: Literal["checkpoint", "ingest"] = Field(
+        default="checkpoint",
+        description="When scored entries are acknowledged: checkpoint (once a checkpoint holds them; a "
+                    "killed learner loses none and trains none twice) or ingest (as soon as they are "
+                    "buffered; a crash loses what was buffered since the last checkpoint).")
     keep_checkpoints: int = Field(default=2, gt=0, description="Newest checkpoints kept on disk.")
     dedup_window: int = Field(
         default=100_000, gt=0,
@@ -100,6 +105,12 @@ class LearnerConfig(Section):
     # --- stream ---------------------------------------------------------------------------
     read_batch: int = Field(default=64, gt=0, description="Groups read from the scored stream at a time.")
     max_steps: int = Field(default=0, ge=0, description="Stop after this many optimiser steps (0: run until stopped).")
+
+    @model_validator(mode="after")
+    def _ack_needs_checkpoints(self) -> "LearnerConfig":
+        if self.ack == "checkpoint" and not self.checkpoint_every:
+            raise ValueError("ack: checkpoint needs checkpoint_every > 0 (or set ack: ingest)")
+        return self
 
     @model_validator(mode="after")
     def _tis_needs_recompute(self) -> "LearnerConfig":

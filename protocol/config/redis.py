@@ -9,12 +9,11 @@ class RedisConfig(Section):
     url: str | None = Field(
         default=None,
         description="Redis URL (redis://host:port/db). Empty: `ringrl train` starts a local server.")
-    rollouts_max_len: int = Field(
+    max_backlog: int = Field(
         default=4096, gt=0,
-        description="Bound on the raw-groups backlog; the rollout side pauses above it.")
-    scored_max_len: int = Field(
-        default=4096, gt=0,
-        description="Bound on the scored-groups backlog; reward workers pause above it.")
+        description="The one backlog bound, in groups: engines start no new prompt while the rollouts + "
+                    "scored streams hold this many (not counting what the learner holds until its next "
+                    "checkpoint), and no writer lets its own stream grow past it.")
     claim_idle_ms: int = Field(
         default=30_000, gt=0,
         description="An entry read but not acked for this long is reclaimed by another consumer.")

@@ -46,12 +46,6 @@ class RolloutConfig(Section):
         default=64, gt=0, description="Groups generating at once; further prompts wait their turn.")
     max_pending_prompts: int = Field(
         default=4096, gt=0, description="Prompts accepted but not yet started; POST /v1/rollouts answers 429 above.")
-    max_backlog: int = Field(
-        default=4096, gt=0,
-        description="New prompts pause while the rollouts + scored streams hold this many groups.")
-    max_staleness: int = Field(
-        default=4, ge=0,
-        description="New prompts pause while the engine's version is this many ahead of the learner's.")
     poll_s: float = Field(
         default=0.05, gt=0, description="How often a paused loop re-checks backlog and staleness.")
     follow_weights: bool = Field(

@@ -35,8 +35,6 @@ class StageConfig(Section):
     warmup_steps: int = Field(default=5, ge=0, description="Warm-up steps at the start of the stage.")
     prompts_per_round: int = Field(
         default=16, gt=0, description="Prompts handed to the engine at a time (sync mode: per step).")
-    max_backlog_groups: int = Field(
-        default=48, gt=0, description="Groups waiting in the streams above which the engine takes no new prompts.")
     replay_sources: list[Source] = Field(
         default_factory=list,
         description="Earlier stages' sources whose train prompts are mixed in, so that this stage does not "

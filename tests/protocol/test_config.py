@@ -14,9 +14,9 @@ def write(tmp_path: Path, text: str) -> Path:
 
 
 def test_defaults_and_file_values(tmp_path: Path) -> None:
-    cfg = load_config(write(tmp_path, "redis:\n  rollouts_max_len: 12\n"), env={})
-    assert cfg.redis.rollouts_max_len == 12
-    assert cfg.redis.scored_max_len == RunConfig().redis.scored_max_len
+    cfg = load_config(write(tmp_path, "redis:\n  max_backlog: 12\n"), env={})
+    assert cfg.redis.max_backlog == 12
+    assert cfg.redis.claim_idle_ms == RunConfig().redis.claim_idle_ms
 
 
 def test_env_overrides_file(tmp_path: Path) -> None:
@@ -27,9 +27,10 @@ def test_env_overrides_file(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("text, fragment", [
-    ("redis:\n  rollouts_max_len: lots\n", "redis.rollouts_max_len: Input should be a valid integer"),
-    ("redis:\n  rollout_max_len: 3\n", "redis.rollout_max_len: unknown field"),
-    ("redis:\n  rollouts_max_len: -1\n", "redis.rollouts_max_len: Input should be greater than 0"),
+    ("redis:\n  max_backlog: lots\n", "redis.max_backlog: Input should be a valid integer"),
+    ("redis:\n  max_backlg: 3\n", "redis.max_backlg: unknown field"),
+    ("redis:\n  max_backlog: -1\n", "redis.max_backlog: Input should be greater than 0"),
+    ("learner:\n  checkpoint_every: 0\n", "ack: checkpoint needs checkpoint_every > 0"),
     ("bogus: {}\n", "bogus: unknown field"),
     ("- a\n- b\n", "top level must be a mapping"),
     ("redis: [\n", "not valid YAML"),
@@ -54,3 +55,31 @@ def test_missing_file() -> None:
 def test_every_field_documented() -> None:
     rows = describe()
     assert rows and all(desc for _, _, desc in rows), [name for name, _, d in rows if not d]
+
+
+def test_env_values_are_converted_by_field_type() -> None:
+    from protocol.config.train import TrainConfig
+
+    cfg = load_config(None, model=TrainConfig, env={
+        "RINGRL_TASKS__SOURCES": "[chain_sum, leg_counting]",  # YAML flow list (JSON works too)
+        "RINGRL_SFT__SAVE_STEPS": "[10, 20]",
+        "RINGRL_SFT__LR": "1e-3",
+        "RINGRL_ROLLOUT__CPU_THREADS_BIND": "0",  # a str field keeps "0", not the int 0
+        "RINGRL_ASYNC": "false",  # an aliased top-level field takes the prefix too
+        "ASYNC": "true",
+    })
+    assert cfg.tasks.sources == ["chain_sum", "leg_counting"] and cfg.sft.save_steps == [10, 20]
+    assert cfg.sft.lr == 1e-3 and cfg.rollout.cpu_threads_bind == "0" and cfg.asynchronous is False
+
+
+@pytest.mark.parametrize("env, fragment", [
+    ({"RINGRL_REDDIS__URL": "redis://x:1/0"}, "reddis: unknown field"),
+    ({"RINGRL_RUN__SEEED": "3"}, "run.seeed: unknown field"),
+    ({"RINGRL_TASKS__SOURCES": "[chain_sum"}, "sources: not valid YAML"),
+])
+def test_bad_env_override_is_one_line(env: dict[str, str], fragment: str) -> None:
+    from protocol.config.train import TrainConfig
+
+    with pytest.raises(ConfigError) as info:
+        load_config(None, env=env, model=TrainConfig)
+    assert fragment in str(info.value) and "\n" not in str(info.value)

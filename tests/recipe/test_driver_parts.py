@@ -39,13 +39,13 @@ def test_local_redis_starts_from_a_relative_folder_and_stops(tmp_path: Path) -> 
 def test_default_config_loads_and_stage_sections_are_specialised() -> None:
     cfg = load_config(DEFAULT_CONFIG, model=TrainConfig, env={})
     stage = cfg.stages[0]
-    rc = stage_run_config(cfg, stage, "/models/x", "redis://127.0.0.1:1/0", 12345)
+    rc = stage_run_config(cfg, stage, "/models/x", "redis://127.0.0.1:1/0", 12345, Path("/runs/demo/stages/math"))
     assert rc.learner.token_budget == stage.token_budget and rc.learner.lr == stage.lr
     assert rc.learner.model_path == rc.rollout.model == "/models/x"
     assert rc.rollout.n == stage.n and rc.rollout.max_tokens == stage.max_new_tokens
     assert rc.learner.broadcast_port == 12345 and rc.learner.broadcast_world_size == 2
     assert rc.redis.url == "redis://127.0.0.1:1/0"
-    assert rc.rollout.max_staleness == rc.learner.max_staleness
+    assert rc.learner.checkpoint_dir == "/runs/demo/stages/math/checkpoints"  # a stage never resumes another
     assert cfg.redis.url is None  # the run's own config is not modified
 
 

@@ -11,7 +11,7 @@ import redis
 from protocol.codec import decode_group
 from protocol.queue import FIELD
 from protocol.schema import MathReference, TaskKind
-from protocol.streams import RunKeys
+from protocol.streams import LEARNER_GROUP, RunKeys
 from rollout_service.engine import Engine, InvalidRequest, Sampling
 from rollout_service.streaming import Prompt, Rollouts
 from tests.rollout.conftest import engine_config
@@ -33,7 +33,7 @@ def math(text: str | None = None, ids: list[int] | None = None, **kw: object) ->
 
 @pytest.fixture
 def rollouts(engine: Engine, redis_client: redis.Redis) -> Iterator[Rollouts]:
-    r = Rollouts(engine, redis_client, RUN, engine_config(max_backlog=8, max_staleness=1))
+    r = Rollouts(engine, redis_client, RUN, engine_config(), max_backlog=8)
     yield r
     r.stop()
 
@@ -62,6 +62,12 @@ def test_backlog_pauses_new_prompts(rollouts: Rollouts, redis_client: redis.Redi
     keys = RunKeys(RUN)
     for _ in range(8):  # scored stream at the bound: the learner is behind
         redis_client.xadd(keys.scored, {b"d": b"x"})
+    assert rollouts.gate.reason() == "backlog"
+    # entries the learner has read and holds until its next checkpoint are not backlog
+    redis_client.xgroup_create(keys.scored, LEARNER_GROUP, id="0")
+    redis_client.xreadgroup(LEARNER_GROUP, "learner-0", {keys.scored: ">"}, count=1)
+    assert rollouts.gate.reason() is None
+    redis_client.xadd(keys.scored, {b"d": b"x"})
     gid = rollouts.submit(math("1 + 1"))
     assert not rollouts.wait_idle(1.0)
     assert redis_client.xlen(keys.rollouts) == 0
@@ -74,7 +80,8 @@ def test_staleness_pauses_new_prompts(rollouts: Rollouts, engine: Engine,
                                       redis_client: redis.Redis) -> None:
     keys = RunKeys(RUN)
     assert rollouts.gate.reason() is None
-    redis_client.hset(keys.learner_state, "version", engine.version - 2)  # learner 2 behind, bound 1
+    # the learner publishes its version and its own staleness bound: 2 behind, bound 1
+    redis_client.hset(keys.learner_state, mapping={"version": engine.version - 2, "max_staleness": 1})
     assert rollouts.gate.reason() == "staleness"
     rollouts.submit(math("2 + 2"))
     assert not rollouts.wait_idle(1.0)

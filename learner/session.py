@@ -1,0 +1,216 @@
+"""One learner session: ingest → step → publish → checkpoint → ack, whichever driver runs it.
+
+`ringrl serve learner` runs it free (`run`); the embedded Ray actor paces it step by step. Both get
+the same ack policy, the same checkpoints, the same audit of what each step trained, and the same
+`learner_state` hash — this is its only writer.
+
+Ack policy (`learner.ack`):
+- `checkpoint` (default): a scored entry is acknowledged once a checkpoint that holds it (trained,
+  or buffered in the batcher state) is on disk. A learner killed at any moment restarts from its
+  newest checkpoint; the entries read after it are still pending for this consumer and are read
+  again first (`StreamConsumer.recover`); the ones the checkpoint already holds are dropped by group
+  id. So no acknowledged group is lost and none is trained twice. Entries the learner holds but has
+  not acknowledged do not count as backlog (`Backpressure` subtracts them), so the rollout's bound
+  does not stall; the learner reads only when its batcher cannot fill a step, so what it holds is
+  bounded by `checkpoint_every` steps of data.
+- `ingest`: acknowledged as soon as they are in the batcher (a crash loses what was buffered
+  since the last checkpoint; Redis keeps nothing the learner has read).
+
+Audit: `<checkpoints>/steps.jsonl` has one line per optimiser step listing the response spans it
+trained; on restart the lines past the checkpoint are dropped, as their steps are trained again.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Gauge
+
+from learner.batcher import Step
+from learner.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from learner.publish import Publisher, WeightServer
+from learner.trainer import Learner
+from protocol import weight_transfer as wt
+from protocol.config import RunConfig
+from protocol.queue import Entry, StreamConsumer, connect
+from protocol.streams import LEARNER_GROUP, RunKeys
+from protocol.weights import WeightVersion
+
+AUDIT_FILE = "steps.jsonl"
+
+
+def checkpoint_root(cfg: RunConfig) -> Path:
+    return Path(cfg.learner.checkpoint_dir or Path(cfg.run.output_dir) / cfg.run.name / "checkpoints")
+
+
+def start_learner(cfg: RunConfig, start_version: int = 0) -> Learner:
+    """Resume from the newest checkpoint if there is one, else start from learner.model_path."""
+    ckpt = latest_checkpoint(checkpoint_root(cfg))
+    if ckpt is not None:
+        return load_checkpoint(cfg.learner, ckpt)
+    if not cfg.learner.model_path:
+        raise ValueError("learner.model_path: empty and no checkpoint to resume from")
+    learner = Learner(cfg.learner, cfg.learner.model_path)
+    learner.version = start_version
+    return learner
+
+
+class LearnerSession:
+    def __init__(self, cfg: RunConfig, consumer: str = "learner-0", start_version: int = 0,
+                 weights_dir: str | Path | None = None, http_port: int | None = None) -> None:
+        if not cfg.redis.url:
+            raise ValueError("redis.url: the learner consumes the scored stream and needs Redis")
+        lc = cfg.learner
+        self.cfg, self.keys = cfg, RunKeys(cfg.run.name)
+        self.root = checkpoint_root(cfg)
+        self.learner = start_learner(cfg, start_version)
+        self._trim_audit()
+        self.client = connect(cfg.redis.url)
+        self.consumer = StreamConsumer(self.client, self.keys.scored, LEARNER_GROUP, consumer,
+                                       claim_idle_ms=cfg.redis.claim_idle_ms)
+        self.registry = CollectorRegistry()
+        self._step_gauge = Gauge("ringrl_learner_step", "Last step's metrics", ["name"], registry=self.registry)
+        self._count_gauge = Gauge("ringrl_learner_counters", "Batcher counters (groups/tokens by fate)",
+                                  ["name"], registry=self.registry)
+        self.server = WeightServer(weights_dir or self.root.parent / "weights", lc.http_host,
+                                   lc.http_port if http_port is None else http_port, lc.keep_weight_versions,
+                                   lc.public_url, self.registry, lambda: {"ok": True, "version": self.learner.version})
+        self.publisher = Publisher(self.server, lc.publish_dtype, lc.bucket_mb << 20, None, self.client,
+                                   cfg.run.name)
+        self.last_metrics: dict[str, float] = {}
+        self._unacked: list[bytes] = []
+        self._recovered = False
+        self._lags: list[int] = []
+        self._rewards: list[float] = []
+        self.groups_read = 0
+        self._write_state()
+
+    # ---- weights ------------------------------------------------------------------------
+    def join_broadcast(self, world_size: int) -> None:
+        """Host the weight-broadcast group (learner is rank 0); blocks until every engine joined."""
+        lc = self.cfg.learner
+        if world_size > 1:
+            self.publisher.group = wt.create_group(lc.broadcast_host, lc.broadcast_port, 0, world_size,
+                                                   lc.broadcast_backend)
+
+    def publish(self) -> WeightVersion:
+        """Store (pull), broadcast (if joined) and announce the current weights."""
+        return self.publisher.publish(self.learner.model, self.learner.version)
+
+    # ---- data ---------------------------------------------------------------------------
+    def ingest(self, block_ms: int = 200) -> int:
+        """Move waiting scored groups into the batcher; returns how many entries were read."""
+        entries: list[Entry] = []
+        if not self._recovered:  # what a killed predecessor read but never acked comes first
+            entries = self.consumer.recover(self.cfg.learner.read_batch)
+            self._recovered = not entries
+        entries = entries or self.consumer.read(count=self.cfg.learner.read_batch, block_ms=block_ms)
+        self._take(entries)
+        return len(entries)
+
+    def _take(self, entries: list[Entry]) -> None:
+        self._lags += [self.learner.version - e.group.policy_version for e in entries]
+        self._rewards += [float(r) for e in entries for r in e.group.rewards]
+        self.learner.add_groups(e.group for e in entries)
+        ids = [e.id for e in entries]
+        if self.cfg.learner.ack == "ingest":
+            self.consumer.ack(ids)
+        else:
+            self._unacked += ids
+        self.groups_read += len(entries)
+
+    def ready(self) -> bool:
+        return self.learner.batcher.ready(self.learner.version)
+
+    # ---- steps --------------------------------------------------------------------------
+    def step(self, timeout_s: float | None = None, stop: Callable[[], bool] | None = None) -> dict[str, Any] | None:
+        """Read until one step's token budget is buffered, train it, checkpoint on schedule.
+
+        None when `timeout_s` passed or `stop()` turned true before the budget was there.
+        """
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        waited = time.monotonic()
+        while not self.ready():
+            if (deadline is not None and time.monotonic() > deadline) or (stop is not None and stop()):
+                return None
+            self.ingest()
+        wait_s = time.monotonic() - waited
+        step = self.learner.batcher.next_step(self.learner.version)
+        assert step is not None  # ready() said so
+        metrics = self.learner.train_step(step)
+        self._audit(step)
+        lc = self.cfg.learner
+        if lc.checkpoint_every and self.learner.version % lc.checkpoint_every == 0:
+            self.checkpoint()
+        lags, self._lags = self._lags, []
+        rewards, self._rewards = self._rewards, []
+        out = {**metrics, "version": self.learner.version, "data_wait_s": wait_s,
+               "staleness_max": max(lags, default=0),
+               "staleness_mean": sum(lags) / len(lags) if lags else 0.0,
+               "reward": sum(rewards) / len(rewards) if rewards else float("nan"),
+               "groups_ingested": len(lags),
+               **{f"count_{k}": v for k, v in self.learner.counters().items()}}
+        self.last_metrics = metrics
+        for k, val in metrics.items():
+            self._step_gauge.labels(k).set(val)
+        self._write_state()
+        return out
+
+    def run(self, stop_event: threading.Event) -> None:
+        """Free-running: train and publish until learner.max_steps or `stop_event`."""
+        lc, learner = self.cfg.learner, self.learner
+        self.publish()  # engines joining now pull this
+        while not stop_event.is_set() and not (lc.max_steps and learner.version >= lc.max_steps):
+            if self.step(stop=stop_event.is_set) is not None and learner.version % lc.publish_every == 0:
+                self.publish()
+        if lc.checkpoint_every or lc.ack == "checkpoint":
+            self.checkpoint()
+
+    # ---- durability ---------------------------------------------------------------------
+    def checkpoint(self) -> Path:
+        """Full resumable checkpoint, then acknowledge every entry it holds."""
+        path = save_checkpoint(self.learner, self.root, keep=self.cfg.learner.keep_checkpoints)
+        self.consumer.ack(self._unacked)
+        self._unacked = []
+        return path
+
+    def save(self, out_dir: str | Path) -> str:
+        """Weights + tokenizer (Hugging Face format), for the next stage or for eval."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        self.learner.model.save_pretrained(out, safe_serialization=True)
+        self.learner.tokenizer.save_pretrained(out)
+        return str(out)
+
+    def _audit(self, step: Step) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        line = {"version": self.learner.version,
+                "pieces": [[p.group_id, p.index, p.start, p.end] for p in step.pieces]}
+        with (self.root / AUDIT_FILE).open("a") as f:
+            f.write(json.dumps(line) + "\n")
+
+    def _trim_audit(self) -> None:
+        path = self.root / AUDIT_FILE
+        if path.is_file():
+            keep = [ln for ln in path.read_text().splitlines()
+                    if ln and json.loads(ln)["version"] <= self.learner.version]
+            path.write_text("".join(ln + "\n" for ln in keep))
+
+    def counters(self) -> dict[str, int]:
+        return {**self.learner.counters(), "groups_read": self.groups_read}
+
+    def _write_state(self) -> None:
+        """The learner's progress for the parts that pace themselves on it (rollout's staleness gate)."""
+        state: dict[str, Any] = {"version": self.learner.version, "max_staleness": self.cfg.learner.max_staleness,
+                                 "updated_at": time.time(), **self.learner.counters()}
+        self.client.hset(self.keys.learner_state, mapping={k: str(v) for k, v in state.items()})
+        for k, val in self.learner.counters().items():
+            self._count_gauge.labels(k).set(val)
+
+    def close(self) -> None:
+        self.server.close()
