@@ -1,14 +1,21 @@
-"""/metrics (Prometheus) and /healthz for every process: on a FastAPI app, or standalone."""
+"""/metrics (Prometheus) and /healthz for every process: on a FastAPI app, or standalone.
+
+Standalone, prometheus_client's WSGI app answers /metrics (content negotiation, gzip, `name[]`
+filters) and a few lines beside it answer /healthz, served by wsgiref from a daemon thread.
+"""
 
 from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable, Iterable
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, make_wsgi_app
+from prometheus_client.exposition import ThreadingWSGIServer
 
 Health = Callable[[], dict[str, Any]]
 """Returns a JSON-able status; a truthy "ok" key means healthy (HTTP 200), else 503."""
@@ -39,6 +46,7 @@ def mount_observability(app: Any, registry: CollectorRegistry, health: Health) -
 def observability_handler(registry: CollectorRegistry, health: Health) -> type[BaseHTTPRequestHandler]:
     """A stdlib request handler serving /metrics and /healthz; subclass it and extend `route`
     to serve more paths from the same port."""
+    # Kept for learner/publish.py: its weight server streams safetensors files from this handler's port.
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
@@ -68,12 +76,34 @@ def observability_handler(registry: CollectorRegistry, health: Health) -> type[B
     return Handler
 
 
+def observability_app(registry: CollectorRegistry, health: Health) -> Callable[..., Iterable[bytes]]:
+    """A WSGI app: /metrics is prometheus_client's, /healthz the probe's JSON, anything else 404."""
+    metrics = make_wsgi_app(registry)
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path == "/metrics":
+            return metrics(environ, start_response)
+        code, body = _health_body(health) if path == "/healthz" else (404, b'{"detail": "not found"}')
+        start_response(f"{code} {HTTPStatus(code).phrase}",
+                       [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+        return [body]
+
+    return app
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, *args: object) -> None:
+        pass
+
+
 def serve_observability(registry: CollectorRegistry, health: Health, host: str = "127.0.0.1",
-                        port: int = 0) -> ThreadingHTTPServer:
+                        port: int = 0) -> WSGIServer:
     """Serve /metrics and /healthz from a daemon thread; for processes without a web app.
 
-    Port 0 picks a free port: read it back from `server.server_address[1]`.
+    Port 0 picks a free port: read it back from `server.server_address[1]`; `shutdown()` stops it.
     """
-    server = ThreadingHTTPServer((host, port), observability_handler(registry, health))
+    server = make_server(host, port, observability_app(registry, health), ThreadingWSGIServer,
+                         handler_class=_QuietHandler)
     threading.Thread(target=server.serve_forever, daemon=True, name="observability").start()
     return server

@@ -20,8 +20,12 @@ def test_standalone_server_serves_metrics_and_health() -> None:
         state["ok"] = False
         assert httpx.get(f"{base}/healthz").status_code == 503
         assert httpx.get(f"{base}/nope").status_code == 404
+        # prometheus_client's own app answers /metrics: format negotiation comes with it.
+        om = httpx.get(f"{base}/metrics", headers={"Accept": "application/openmetrics-text"})
+        assert om.headers["content-type"].startswith("application/openmetrics-text") and "# EOF" in om.text
     finally:
         server.shutdown()
+        server.server_close()
 
 
 def test_fastapi_mount_reports_failing_probe() -> None:
