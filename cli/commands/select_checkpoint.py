@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+from contextlib import closing, nullcontext
 from pathlib import Path
 
 import typer
+
+from cli.commands.eval import SANDBOX_HELP, SandboxChoice, scorer_or_fail
 
 
 def register(app: typer.Typer, serve: typer.Typer) -> None:
@@ -22,6 +25,7 @@ def register(app: typer.Typer, serve: typer.Typer) -> None:
         max_new_tokens: int = typer.Option(64, min=1, help="Longest response, in tokens."),
         seed: int = typer.Option(0, help="Seed of the built-in tasks and of sampling."),
         json_out: Path | None = typer.Option(None, "--json", help="Also write the table and choice here."),
+        sandbox: SandboxChoice = typer.Option(SandboxChoice.warm, help=SANDBOX_HELP),
     ) -> None:
         """Measure each checkpoint's mean token entropy and held-out accuracy; pick one in the band."""
         from cli.errors import fail
@@ -41,7 +45,8 @@ def register(app: typer.Typer, serve: typer.Typer) -> None:
             held = task_set(held_out, "held_out", eval_size, None, seed) if held_out or eval_size else []
         except (ValueError, TaskDataError) as exc:
             fail(str(exc))
-        chosen, stats = select_checkpoint(paths, probe_items, held, cfg)
+        with closing(scorer_or_fail(sandbox)) if held else nullcontext(None) as scorer:
+            chosen, stats = select_checkpoint(paths, probe_items, held, cfg, scorer=scorer)
         if json_out is not None:
             json_out.write_text(json.dumps({"chosen": chosen.path, "band": [lo, hi],
                                             "checkpoints": [s.__dict__ for s in stats]}, indent=2))

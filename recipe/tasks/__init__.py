@@ -1,4 +1,4 @@
-"""Task data: built-in generated tasks with teacher solutions, user JSONL files, local checks."""
+"""Task data: built-in generated tasks with teacher solutions, user JSONL files."""
 
 from protocol.config.tasks import TasksConfig
 from recipe.tasks.build import (
@@ -11,9 +11,7 @@ from recipe.tasks.build import (
 from recipe.tasks.generators import SOURCES, TASK_OF, Source
 from recipe.tasks.items import PROMPT_TEMPLATE, TaskItem, format_prompt
 from recipe.tasks.jsonl import TaskDataError, load_jsonl
-from recipe.tasks.scoring import ScoreFn, is_correct, score_all, with_reward_service
 
 __all__ = ["PROMPT_TEMPLATE", "SOURCES", "TASK_OF", "Source", "Split", "TaskDataError", "TaskItem",
-           "ScoreFn", "TasksConfig", "build_tasks", "format_prompt", "generate", "is_correct", "load_jsonl",
-           "score_all", "sft_examples", "tokenizer_corpus",
-           "with_reward_service"]
+           "TasksConfig", "build_tasks", "format_prompt", "generate", "load_jsonl",
+           "sft_examples", "tokenizer_corpus"]

@@ -1,11 +1,14 @@
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from learner.models.tiny import build_tiny_model
 from recipe.tasks import TasksConfig, build_tasks, sft_examples, tokenizer_corpus
+from recipe.verdicts import standalone_scorer
+from reward_service.scorer import Scorer
 
 TASKS = TasksConfig(train_size=60, held_out_size=8)
 
@@ -21,3 +24,11 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def examples() -> list[tuple[str, str]]:
     return sft_examples(build_tasks(TASKS, "train"))
+
+
+@pytest.fixture(scope="session")
+def scorer() -> Iterator[Scorer]:
+    """The reward service's Scorer as `ringrl eval` builds it (reward defaults, warm sandbox)."""
+    s = standalone_scorer()
+    yield s
+    s.close()

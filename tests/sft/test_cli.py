@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,9 +11,10 @@ from pathlib import Path
 import pytest
 
 
-def ringrl(*args: str) -> subprocess.CompletedProcess[str]:
+def ringrl(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     exe = Path(sys.executable).with_name("ringrl")
-    return subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=300)
+    return subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=300,
+                          env=None if env is None else os.environ | env)
 
 
 def _one_line_error(r: subprocess.CompletedProcess[str], needle: str) -> None:
@@ -50,6 +52,14 @@ def test_eval_against_itself_gains_nothing(tiny_model: Path, tmp_path: Path) -> 
     assert "paired by item" in r.stdout and "+0.000 ± 0.000" in r.stdout
     gain = json.loads((tmp_path / "e.json").read_text())["gain"]
     assert gain["greedy"]["mean"] == 0 and gain["sampled"]["half_width"] == 0 and gain["greedy"]["items"] > 3
+
+
+@pytest.mark.parametrize("command", ["eval", "select-checkpoint"])
+def test_scoring_commands_stop_when_no_sandbox_can_start(tiny_model: Path, tmp_path: Path, command: str) -> None:
+    # Without bwrap on PATH the default backend cannot start; the model's programs must then not run at all.
+    r = ringrl(command, str(tiny_model), env={"PATH": str(tmp_path)})
+    _one_line_error(r, "sandbox backend 'warm': bwrap not found on PATH")
+    assert "--sandbox" in r.stderr
 
 
 def test_eval_against_a_missing_checkpoint(tiny_model: Path, tmp_path: Path) -> None:

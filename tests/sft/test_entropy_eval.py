@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from learner.sft import SFTConfig, train_sft
-from recipe.evaluate import Outcomes, evaluate, paired_gain, pass_at_k
+from recipe.evaluate import Outcomes, eval_rows, evaluate, paired_gain
 from recipe.selection import (
     CheckpointStats,
     SelectionConfig,
@@ -16,6 +16,7 @@ from recipe.selection import (
     sample,
 )
 from recipe.tasks import TasksConfig, build_tasks
+from reward_service.scorer import Scorer
 
 
 def _stats(name: str, entropy: float, accuracy: float) -> CheckpointStats:
@@ -48,15 +49,6 @@ def test_choose_ties_and_bad_bands() -> None:
         choose([], 0.1, 0.2)
 
 
-def test_pass_at_k_matches_hand_computed_values() -> None:
-    assert pass_at_k(5, 2, 2) == pytest.approx(1 - 3 / 10)  # 1 - C(3,2)/C(5,2)
-    assert pass_at_k(10, 3, 1) == pytest.approx(0.3)
-    assert pass_at_k(4, 0, 2) == 0.0 and pass_at_k(4, 3, 2) == 1.0
-    assert pass_at_k(8, 2, 4) == pytest.approx(1 - 15 / 70)  # C(6,4)=15, C(8,4)=70
-    with pytest.raises(ValueError):
-        pass_at_k(3, 1, 4)
-
-
 def test_sharpened_checkpoint_has_lower_entropy_than_random(tiny_model: Path, tmp_path: Path) -> None:
     # One repeated example drives the model to near-certainty on it: a sharpened policy.
     one = [("Question: What is 1 + 2?\nAnswer:\n", "1 + 2 = 3\n\\boxed{3}")] * 64
@@ -74,9 +66,15 @@ def test_sharpened_checkpoint_has_lower_entropy_than_random(tiny_model: Path, tm
     assert greedy[0].text == one[0][1]
 
 
-def test_evaluate_reports_rows_per_source(tiny_model: Path) -> None:
+def test_held_out_accuracy_needs_a_scorer(tiny_model: Path) -> None:
+    items = build_tasks(TasksConfig(held_out_size=1), "held_out")
+    with pytest.raises(ValueError, match="needs a Scorer"):
+        measure(tiny_model, items, items, SelectionConfig())
+
+
+def test_evaluate_reports_rows_per_source(tiny_model: Path, scorer: Scorer) -> None:
     items = build_tasks(TasksConfig(held_out_size=3), "held_out")
-    rows = evaluate(tiny_model, items, k=2, samples=3, max_new_tokens=16)
+    rows = evaluate(tiny_model, items, scorer, k=2, samples=3, max_new_tokens=16)
     assert [r.source for r in rows] == ["chain_sum", "leg_counting", "legs_fn", "all"]
     assert rows[-1].items == len(items)
     for r in rows:
@@ -85,6 +83,22 @@ def test_evaluate_reports_rows_per_source(tiny_model: Path) -> None:
 
 def _outcomes(items: list, greedy: list[bool], correct: list[int], samples: int = 2) -> Outcomes:
     return Outcomes(items, greedy, correct, samples, [1.0] * len(items), [1] * len(items))
+
+
+def _pass_k(samples: int, correct: list[int], k: int) -> float:
+    items = build_tasks(TasksConfig(sources=["legs_fn"], held_out_size=len(correct)), "held_out")
+    (row,) = eval_rows(_outcomes(items, [False] * len(items), correct, samples), k)
+    return row.pass_k
+
+
+def test_pass_at_k_matches_hand_computed_values() -> None:
+    assert _pass_k(5, [2], 2) == pytest.approx(1 - 3 / 10)  # 1 - C(3,2)/C(5,2)
+    assert _pass_k(10, [3], 1) == pytest.approx(0.3)
+    assert _pass_k(4, [0], 2) == 0.0 and _pass_k(4, [3], 2) == 1.0
+    assert _pass_k(8, [2], 4) == pytest.approx(1 - 15 / 70)  # C(6,4)=15, C(8,4)=70
+    assert _pass_k(4, [0, 3], 2) == pytest.approx(0.5)  # the mean over items
+    with pytest.raises(ValueError, match="k <= samples"):
+        _pass_k(3, [1], 4)
 
 
 def test_paired_gain_matches_a_hand_computed_interval() -> None:

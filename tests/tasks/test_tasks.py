@@ -7,17 +7,19 @@ from pathlib import Path
 
 import pytest
 
-from protocol.schema import CodeReference, MathReference, TaskKind
+from protocol.schema import CodeReference, MathReference, TaskKind, VerdictStatus
 from recipe.tasks import (
+    SOURCES,
     TaskDataError,
     TasksConfig,
     build_tasks,
     load_jsonl,
-    score_all,
     sft_examples,
     tokenizer_corpus,
 )
 from recipe.tasks.generators import legs_fn_item, linear_fn_item
+from recipe.verdicts import correct, verdicts
+from reward_service.scorer import Scorer
 
 SMALL = TasksConfig(train_size=150, held_out_size=40)
 
@@ -59,43 +61,51 @@ def test_every_source_present_with_short_prompts() -> None:
     assert max(len(it.prompt) + len(it.solution or "") for it in held) < 200
 
 
-def test_teacher_solutions_score_correct_and_wrong_ones_do_not() -> None:
-    items = build_tasks(SMALL, "held_out")
-    assert all(score_all(items, [it.solution or "" for it in items]))
+def test_reward_service_accepts_teacher_solutions_and_rejects_corrupted_ones(scorer: Scorer) -> None:
+    items = build_tasks(SMALL.model_copy(update={"sources": list(SOURCES)}), "held_out")
+    assert {it.source for it in items} == set(SOURCES)
+    right = verdicts(scorer, items, [it.solution or "" for it in items])
+    assert [(it.id, v.status) for it, v in zip(items, right) if v.status is not VerdictStatus.correct] == []
     wrong = []
     for it in items:
         if isinstance(it.reference, MathReference):
-            wrong.append(f"\\boxed{{{int(it.reference.answer) + 1}}}")
+            wrong.append((it.solution or "").replace(f"\\boxed{{{it.reference.answer}}}",
+                                                      f"\\boxed{{{int(it.reference.answer) + 1}}}"))
         else:
             wrong.append((it.solution or "").replace("return", "return 1 +"))
-    assert not any(score_all(items, wrong))
+    assert all(w != it.solution for w, it in zip(wrong, items))
+    # Not merely not correct: each corrupted response was checked and found wrong (a failed HumanEval
+    # check is an AssertionError), rather than failing to parse or run.
+    assert all(v.status is VerdictStatus.wrong or v.detail.startswith("AssertionError")
+               for v in verdicts(scorer, items, wrong))
 
 
-def test_code_check_runs_the_function_on_hidden_inputs() -> None:
+def test_code_check_runs_the_function_on_hidden_inputs(scorer: Scorer) -> None:
     item = linear_fn_item(2, -3)
     assert item.question == "Write f with f(0)=-3, f(1)=-1, f(2)=1."
     table = "```python\ndef f(x):\n    return {0: -3, 1: -1, 2: 1}[x]\n```"
-    assert score_all([item, item], [item.solution or "", table]) == [True, False]
-    assert score_all([item], ["```python\nwhile True: pass\n```"]) == [False]
+    assert correct(scorer, [item, item], [item.solution or "", table]) == [True, False]
 
 
-def test_a_repeated_item_and_response_is_run_once(tmp_path: Path) -> None:
+def test_a_repeated_item_and_response_is_scored_once(scorer: Scorer, monkeypatch: pytest.MonkeyPatch) -> None:
     item = linear_fn_item(2, -3)
-    log = tmp_path / "runs.txt"
-    counting = f"```python\nopen({str(log)!r}, 'a').write('x')\ndef f(x):\n    return 2 * x - 3\n```"
-    other = counting.replace("return 2 * x - 3", "return 2 * x + (-3)")
-    assert score_all([item] * 4, [counting, counting, other, counting]) == [True] * 4
-    assert log.read_text() == "xx"  # two distinct programs, each run once
+    program = "```python\ndef f(x):\n    return 2 * x - 3\n```"
+    other = program.replace("return 2 * x - 3", "return 2 * x + (-3)")
+    batches: list[list[str]] = []
+    score = scorer.score
+    monkeypatch.setattr(scorer, "score", lambda batch: batches.append([it.response for it in batch]) or score(batch))
+    assert correct(scorer, [item] * 4, [program, program, other, program]) == [True] * 4
+    assert batches == [[program, other]]  # two distinct programs, each run once
 
 
-def test_legs_fn_is_leg_counting_as_a_function_of_x() -> None:
+def test_legs_fn_is_leg_counting_as_a_function_of_x(scorer: Scorer) -> None:
     item = legs_fn_item("cow", {"spider": 2, "duck": 3})
     assert item.question == "Write f(x): the legs of x cows and 2 spiders, 3 ducks."
     assert item.solution == ("```python\ndef f(x):\n    # 2 * 8 = 16\n    # 3 * 2 = 6\n    # 16 + 6 = 22\n"
                              "    return 4 * x + 22\n```")
     constant = "```python\ndef f(x):\n    return 22\n```"
     one_kind_missed = "```python\ndef f(x):\n    return 4 * x + 16\n```"
-    assert score_all([item] * 3, [item.solution or "", constant, one_kind_missed]) == [True, False, False]
+    assert correct(scorer, [item] * 3, [item.solution or "", constant, one_kind_missed]) == [True, False, False]
 
 
 def test_linear_fn_teacher_works_out_the_slope_from_the_shown_values() -> None:
@@ -131,7 +141,7 @@ def _write(tmp_path: Path, lines: list[object]) -> Path:
     return p
 
 
-def test_jsonl_loads_math_and_both_code_forms(tmp_path: Path) -> None:
+def test_jsonl_loads_math_and_both_code_forms(tmp_path: Path, scorer: Scorer) -> None:
     p = _write(tmp_path, [
         {"prompt": "What is 2+2?", "task": "math", "answer": "4", "solution": "\\boxed{4}"},
         {"prompt": "Echo a number.", "task": "code", "tests": [{"stdin": "5\n", "stdout": "5\n"}],
@@ -143,8 +153,8 @@ def test_jsonl_loads_math_and_both_code_forms(tmp_path: Path) -> None:
     items = load_jsonl(p)
     assert [it.task for it in items] == [TaskKind.math, TaskKind.code, TaskKind.code]
     assert isinstance(items[1].reference, CodeReference) and items[1].reference.io_tests[0].stdout == "5\n"
-    assert all(score_all(items, [it.solution or "" for it in items]))
-    assert score_all(items[1:2], ["```python\nprint(6)\n```"]) == [False]
+    assert all(correct(scorer, items, [it.solution or "" for it in items]))
+    assert correct(scorer, items[1:2], ["```python\nprint(6)\n```"]) == [False]
 
 
 @pytest.mark.parametrize("line, expected", [
