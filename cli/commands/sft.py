@@ -22,9 +22,12 @@ def register(app: typer.Typer, serve: typer.Typer) -> None:
         from protocol.config.train import SFTRunConfig
         from recipe.distil import run_sft
         from recipe.tasks import TaskDataError
+        from reward_service.sandbox import SandboxUnavailable
 
         try:
             cfg = load_config(config, model=SFTRunConfig)
             run_sft(cfg, eval_n, Console())
         except (ConfigError, TaskDataError, ValueError) as exc:
             fail(str(exc))
+        except SandboxUnavailable as exc:
+            fail(f"{exc} (the held-out check of --eval-n runs code in the sandbox)")

@@ -30,12 +30,15 @@ def register(app: typer.Typer, serve: typer.Typer) -> None:
         if name:
             cfg.run.name = name
         from recipe.driver import train as run
+        from reward_service.sandbox import SandboxUnavailable
 
         console = Console(width=None if sys.stdout.isatty() else 200)  # logs keep whole tables
         try:
             run(cfg, console)
         except TimeoutError as exc:  # a run that cannot make progress: say why, not a traceback
             fail(str(exc), code=1)
+        except SandboxUnavailable as exc:
+            fail(f"{exc} (set reward.sandbox.backend)")
         except KeyboardInterrupt:
             console.print("interrupted: actors and Redis stopped")
             raise typer.Exit(130)
