@@ -7,9 +7,12 @@ import ray
 
 from protocol.config import RunConfig
 from protocol.queue import connect
+from protocol.transport import WeightReceiver, WeightVersion
+from protocol.transport.broadcast import BroadcastReceiver
+from protocol.transport.http_pull import HttpReceiver
 from rollout_service.engine import Engine
 from rollout_service.streaming import Prompt, Rollouts
-from rollout_service.weights import BroadcastReceiver, load_from_url
+from rollout_service.weights import load_version
 
 
 @ray.remote(max_concurrency=4)  # a weight update blocks one thread; submit/version need others
@@ -21,7 +24,8 @@ class RolloutActor:
         self._engine = Engine(model or cfg.rollout.model, cfg.rollout, version=version)
         self._rollouts = Rollouts(self._engine, connect(cfg.redis.url), cfg.run.name, cfg.rollout,
                                   cfg.redis.max_backlog)
-        self._receiver = BroadcastReceiver(self._engine)
+        self._receiver: WeightReceiver = (BroadcastReceiver() if cfg.learner.weight_transport == "broadcast"
+                                          else HttpReceiver())
         self._backend = cfg.rollout.weight_backend
 
     def submit(self, prompts: list[dict]) -> list[str]:
@@ -32,15 +36,15 @@ class RolloutActor:
         return self._rollouts.wait_idle(timeout)
 
     def join_weight_group(self, host: str, port: int, rank: int, world_size: int) -> None:
+        """Join the learner's broadcast group (weight_transport: broadcast only)."""
+        if not isinstance(self._receiver, BroadcastReceiver):
+            raise ValueError("learner.weight_transport: http has no group to join")
         self._receiver.join(host, port, rank, world_size, self._backend)
 
-    def update_weights_broadcast(self, buffer: bool = True) -> tuple[int, float]:
-        """Receive the version the learner is broadcasting now; returns (version, load seconds)."""
-        manifest, seconds = self._receiver.load(buffer=buffer)
-        return manifest.version, seconds
-
-    def update_weights_url(self, url: str, version: int, checksum: str | None = None) -> float:
-        return load_from_url(self._engine, url, version, checksum)
+    def update_weights(self, record: WeightVersion) -> tuple[int, float]:
+        """Receive and load the version `record` names (broadcast: the one the learner is sending
+        now; http: pulled from record.url), buffered; returns (version, load seconds)."""
+        return load_version(self._engine, self._receiver, record)
 
     def version(self) -> int:
         return self._engine.version

@@ -10,6 +10,7 @@ import ray
 
 from learner.session import LearnerSession
 from protocol.config import RunConfig
+from protocol.transport import WeightVersion
 
 
 @ray.remote(max_concurrency=2)
@@ -30,10 +31,11 @@ class TrainerActor:
     def step(self, timeout_s: float = 600.0) -> dict[str, Any] | None:
         return self.session.step(timeout_s)
 
-    def publish(self) -> dict[str, Any]:
+    def publish(self) -> tuple[WeightVersion, float]:
+        """The published record (its URL is what an http receiver pulls) and the seconds it took."""
         t = time.monotonic()
         record = self.session.publish()
-        return {**record.model_dump(), "publish_s": time.monotonic() - t}
+        return record, time.monotonic() - t
 
     def version(self) -> int:
         return self.session.learner.version

@@ -39,11 +39,13 @@ from protocol.codec import decode_group  # noqa: E402
 from protocol.config.rollout import RolloutConfig  # noqa: E402
 from protocol.queue import FIELD  # noqa: E402
 from protocol.streams import RunKeys  # noqa: E402
-from protocol.weight_transfer import create_group, make_manifest, send_version  # noqa: E402
+from protocol.transport import WeightVersion, make_manifest  # noqa: E402
+from protocol.transport.broadcast import BroadcastReceiver, BroadcastSender, create_group  # noqa: E402
+from protocol.transport.http_pull import HttpReceiver  # noqa: E402
 from rollout_service.engine import Engine  # noqa: E402
 from rollout_service.server import create_app  # noqa: E402
 from rollout_service.streaming import Rollouts  # noqa: E402
-from rollout_service.weights import BroadcastReceiver, load_from_url  # noqa: E402
+from rollout_service.weights import load_version  # noqa: E402
 
 console = Console()
 PROMPTS = ["What is {a} + {b} - {c}? Answer:", "A farmer has {a} cows and {b} chickens. How many legs?",
@@ -165,13 +167,13 @@ def bench_updates(workdir: Path) -> None:
 
             manifest = make_manifest(named, version=2)
             port = free_port()
-            sender = threading.Thread(target=lambda: send_version(create_group("127.0.0.1", port, 0, 2),
-                                                                  named, manifest))
-            receiver = BroadcastReceiver(engine)
+            sender = threading.Thread(target=lambda: BroadcastSender(create_group("127.0.0.1", port, 0, 2))
+                                      .send(named, manifest))
+            receiver = BroadcastReceiver()
             t0 = time.perf_counter()
             sender.start()
             receiver.join("127.0.0.1", port, 1, 2)
-            receiver.load()
+            load_version(engine, receiver, WeightVersion(version=2), buffer=False)
             rows.append(("broadcast (gloo, loopback) + load", time.perf_counter() - t0))
             sender.join()
 
@@ -190,7 +192,7 @@ def bench_updates(workdir: Path) -> None:
                     except httpx.HTTPError:
                         time.sleep(0.05)
                 t0 = time.perf_counter()
-                load_from_url(engine, url, 3)
+                load_version(engine, HttpReceiver(), WeightVersion(version=3, url=url))
                 rows.append(("HTTP pull + checksum + load", time.perf_counter() - t0))
             finally:
                 http.terminate()

@@ -35,11 +35,11 @@ from learner.batcher import Step
 from learner.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from learner.publish import Publisher, WeightServer
 from learner.trainer import Learner
-from protocol import weight_transfer as wt
 from protocol.config import RunConfig
 from protocol.queue import Entry, StreamConsumer, connect
 from protocol.streams import LEARNER_GROUP, RunKeys
-from protocol.weights import WeightVersion
+from protocol.transport import WeightVersion
+from protocol.transport.broadcast import BroadcastSender, create_group
 
 AUDIT_FILE = "steps.jsonl"
 
@@ -80,7 +80,8 @@ class LearnerSession:
         self.server = WeightServer(weights_dir or self.root.parent / "weights", lc.http_host,
                                    lc.http_port if http_port is None else http_port, lc.keep_weight_versions,
                                    lc.public_url, self.registry, lambda: {"ok": True, "version": self.learner.version})
-        self.publisher = Publisher(self.server, lc.publish_dtype, lc.bucket_mb << 20, None, self.client,
+        # The pull store serves every transport: it is how an engine that joins late catches up.
+        self.publisher = Publisher([self.server.store], lc.publish_dtype, lc.bucket_mb << 20, self.client,
                                    cfg.run.name)
         self.last_metrics: dict[str, float] = {}
         self._unacked: list[bytes] = []
@@ -94,12 +95,16 @@ class LearnerSession:
     def join_broadcast(self, world_size: int) -> None:
         """Host the weight-broadcast group (learner is rank 0); blocks until every engine joined."""
         lc = self.cfg.learner
-        if world_size > 1:
-            self.publisher.group = wt.create_group(lc.broadcast_host, lc.broadcast_port, 0, world_size,
-                                                   lc.broadcast_backend)
+        if lc.weight_transport != "broadcast":
+            raise ValueError(f"learner.weight_transport: {lc.weight_transport} has no group to host")
+        if world_size < 2:
+            raise ValueError(f"learner.broadcast_world_size: {world_size}; the broadcast group holds the "
+                             "learner and at least one engine (>= 2)")
+        group = create_group(lc.broadcast_host, lc.broadcast_port, 0, world_size, lc.broadcast_backend)
+        self.publisher.senders.append(BroadcastSender(group))
 
     def publish(self) -> WeightVersion:
-        """Store (pull), broadcast (if joined) and announce the current weights."""
+        """Store (pull), broadcast (if the group is hosted) and announce the current weights."""
         return self.publisher.publish(self.learner.model, self.learner.version)
 
     # ---- data ---------------------------------------------------------------------------

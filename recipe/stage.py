@@ -2,7 +2,9 @@
 
 Asynchronous mode: a feeder thread keeps the engine supplied with prompts (bounded by the
 rollout's in-flight and backlog limits) while the learner trains; after each step the new
-weights are broadcast and the engine loads them while the learner already trains the next step.
+weights go to the engine (`learner.weight_transport`: broadcast over the group the two share, or
+pulled from the learner's HTTP server) and the engine loads them while the learner already trains
+the next step.
 Synchronous mode: generate a round, score it, train, in turn — nothing overlaps.
 """
 
@@ -27,6 +29,7 @@ from protocol.config import RunConfig
 from protocol.config.train import StageConfig, TrainConfig
 from protocol.queue import Backpressure, connect
 from protocol.streams import LEARNER_GROUP, RunKeys
+from protocol.transport import WeightVersion
 from recipe.tasks import TaskItem
 
 
@@ -103,8 +106,12 @@ class StageRunner:
         self.rollout = RolloutActor.options(num_cpus=1).remote(cj, model_path, version)
         self.rewards = [RewardActor.options(num_cpus=0).remote(cj, i) for i in range(cfg.reward_workers)]
         self._reward_runs = [r.run.remote() for r in self.rewards]
-        ray.get([self.trainer.join_broadcast.remote(2),
-                 self.rollout.join_weight_group.remote(self.rc.learner.broadcast_host, port, 1, 2)])
+        lc = self.rc.learner
+        self.broadcast = lc.weight_transport == "broadcast"
+        if self.broadcast:
+            ray.get([self.trainer.join_broadcast.remote(lc.broadcast_world_size),
+                     self.rollout.join_weight_group.remote(lc.broadcast_host, lc.broadcast_port, 1,
+                                                           lc.broadcast_world_size)])
         self._stop = threading.Event()
         self._feeder: threading.Thread | None = None
         self._update: Any = None
@@ -170,13 +177,17 @@ class StageRunner:
         if self._update is not None:  # the previous version must be loaded before the next is sent
             ray.get(self._update)
         publish = self.trainer.publish.remote()
-        self._update = self.rollout.update_weights_broadcast.remote(True)
-        pub = ray.get(publish)
+        if self.broadcast:  # a collective: the engine must be receiving while the learner sends
+            self._update = self.rollout.update_weights.remote(WeightVersion(version=metrics["version"]))
+            _, publish_s = ray.get(publish)
+        else:  # the engine pulls what the learner has stored
+            record, publish_s = ray.get(publish)
+            self._update = self.rollout.update_weights.remote(record)
         if not self.cfg.asynchronous:
             ray.get(self._update)
             self._update = None
         return {**metrics, "step_wall_s": time.monotonic() - t, "train_call_s": train_s,
-                "publish_s": pub["publish_s"]}
+                "publish_s": publish_s}
 
     def rollout_stats(self) -> dict[str, int]:
         return ray.get(self.rollout.stats.remote())

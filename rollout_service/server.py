@@ -14,9 +14,12 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, model_validator
 
 from protocol.metrics import mount_observability
+from protocol.transport import WeightError, WeightVersion
+from protocol.transport.broadcast import BroadcastReceiver
+from protocol.transport.http_pull import HttpReceiver
 from rollout_service.engine import Engine, InvalidRequest, Sampling
 from rollout_service.streaming import Prompt, Rollouts
-from rollout_service.weights import BroadcastReceiver, WeightError, load_from_url
+from rollout_service.weights import load_version
 
 
 class RolloutRequest(BaseModel):
@@ -80,7 +83,7 @@ def create_app(engine: Engine, rollouts: Rollouts | None = None,
                   description="vLLM generation for RL: groups into Redis, OpenAI completions, "
                               "versioned weight updates.")
     names = {engine.model_path, served_model_name or engine.config.served_model_name}
-    receiver = BroadcastReceiver(engine)
+    group, pull = BroadcastReceiver(), HttpReceiver()
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -161,15 +164,14 @@ def create_app(engine: Engine, rollouts: Rollouts | None = None,
     def post_weights(req: WeightsRequest) -> Any:
         if req.version <= engine.version:
             return _error(409, "version", f"engine already runs version {engine.version}")
-        if req.url is not None:
-            seconds = load_from_url(engine, req.url, req.version, req.checksum)
-        else:
-            b = req.broadcast
-            assert b is not None
-            receiver.join(b.host, b.port, b.rank, b.world_size, weight_backend)
-            manifest, seconds = receiver.load()
-            if manifest.version != req.version:  # loaded regardless: the learner sent what it has
-                return _error(409, "version", f"asked for {req.version}, learner broadcast {manifest.version}")
+        record = WeightVersion(version=req.version, url=req.url, checksum=req.checksum)
+        if (b := req.broadcast) is not None:
+            group.join(b.host, b.port, b.rank, b.world_size, weight_backend)
+        # A broadcast is loaded as it lands (no second copy of the model); the learner waits for it.
+        version, seconds = (load_version(engine, group, record, buffer=False) if b is not None
+                            else load_version(engine, pull, record))
+        if version != req.version:  # loaded regardless: the learner sent what it has
+            return _error(409, "version", f"asked for {req.version}, learner broadcast {version}")
         return WeightsState(version=engine.version, checksum=engine.checksum,
                             updated_at=engine.updated_at, update_seconds=seconds)
 

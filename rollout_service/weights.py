@@ -1,102 +1,29 @@
-"""Where a new weight version comes from: the learner's broadcast group, or a safetensors URL."""
+"""Engine glue for the weight transports (protocol/transport): load a received version, follow the run's."""
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
 
-import httpx
 import redis
-import torch
-from safetensors.torch import load as load_safetensors
 
-from protocol.weight_transfer import (Manifest, WeightGroup, create_group, receive, receive_manifest,
-                                      verify)
 from protocol.streams import RunKeys
-from protocol.weights import WeightVersion, checksum_tensors
+from protocol.transport import WeightError, WeightReceiver, WeightVersion
+from protocol.transport.http_pull import HttpReceiver
 from rollout_service.engine import Engine
 
 
-class WeightError(ValueError):
-    """A version that cannot be loaded (unreachable URL, checksum mismatch, bad file)."""
+def load_version(engine: Engine, receiver: WeightReceiver, record: WeightVersion,
+                 buffer: bool = True) -> tuple[int, float]:
+    """Receive `record`'s version and load it in place; returns (version loaded, load seconds).
 
-
-def fetch_safetensors(url: str, timeout_s: float = 300.0) -> dict[str, torch.Tensor]:
-    """GET a safetensors file of HF state-dict names."""
-    try:
-        with httpx.Client(timeout=timeout_s, follow_redirects=True) as client:
-            resp = client.get(url)
-    except httpx.HTTPError as exc:
-        raise WeightError(f"url: cannot fetch {url}: {type(exc).__name__}: {exc}") from None
-    if resp.status_code != 200:
-        raise WeightError(f"url: GET {url} answered {resp.status_code}")
-    try:
-        return load_safetensors(resp.content)
-    except Exception as exc:  # safetensors raises its own error types on malformed files
-        raise WeightError(f"url: {url} is not a safetensors file: {exc}") from None
-
-
-def load_from_url(engine: Engine, url: str, version: int, checksum: str | None = None) -> float:
-    """Download, verify (when a checksum is given) and load a version; returns load seconds."""
-    named = fetch_safetensors(url)
-    names = sorted(named)
-    got = checksum_tensors((n, named[n]) for n in names)
-    if checksum and got != checksum:
-        raise WeightError(f"checksum: {url} hashes to {got[:12]}, expected {checksum[:12]}")
-    return engine.update_weights(lambda: ((n, named[n]) for n in names), version, got)
-
-
-def load_published(engine: Engine, record: WeightVersion) -> float:
-    if not record.url:
-        raise WeightError(f"url: weight version {record.version} has no pull URL")
-    return load_from_url(engine, record.url, record.version, record.checksum)
-
-
-class BroadcastReceiver:
-    """This engine's membership of the learner's weight-transfer group (joined once, reused)."""
-
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-        self.group: WeightGroup | None = None
-        self._lock = threading.Lock()
-
-    def join(self, host: str, port: int, rank: int, world_size: int, backend: str = "gloo",
-             timeout_s: float = 300.0) -> WeightGroup:
-        with self._lock:
-            key = (rank, world_size)
-            if self.group is None or (self.group.rank, self.group.world_size) != key:
-                if rank <= 0:
-                    raise WeightError("rank: engines join as rank >= 1 (rank 0 is the learner)")
-                self.group = create_group(host, port, rank, world_size, backend, timeout_s)
-            return self.group
-
-    def load(self, buffer: bool = False) -> tuple[Manifest, float]:
-        """Receive the version rank 0 is broadcasting (manifest first, in-band) and load it.
-
-        Unbuffered, buckets are loaded as they land (no second copy of the model). Buffered, the
-        whole version is received and verified first, so the learner is released before the
-        engine drains in-flight requests and loads: it can train the next step meanwhile.
-        Returns (manifest, seconds of the load).
-        """
-        if self.group is None:
-            raise WeightError("broadcast: join the learner's group first")
-        group = self.group
-        manifest = receive_manifest(group)
-        if buffer:
-            received = [t for bucket in receive(group, manifest) for t in bucket]
-            verify(received, manifest)
-            return manifest, self.engine.update_weights(lambda: iter(received), manifest.version,
-                                                        manifest.checksum)
-
-        def tensors() -> Iterator[tuple[str, torch.Tensor]]:
-            received: list[tuple[str, torch.Tensor]] = []
-            for bucket in receive(group, manifest):
-                received.extend(bucket)
-                yield from bucket
-            verify(received, manifest)  # raises inside the load: the engine is marked unhealthy
-
-        return manifest, self.engine.update_weights(tensors, manifest.version, manifest.checksum)
+    Buffered, the learner is released before the engine drains in-flight requests and loads, so it
+    trains the next step meanwhile. Streamed (`buffer=False`), buckets are loaded as they land (no
+    second copy of the model); a checksum mismatch then raises inside the load and the engine is
+    marked unhealthy.
+    """
+    got = receiver.receive(record, buffer)
+    return got.version, engine.update_weights(lambda: got.tensors, got.version, got.checksum)
 
 
 def follow_weights(engine: Engine, client: redis.Redis, keys: RunKeys) -> threading.Thread:
@@ -106,6 +33,7 @@ def follow_weights(engine: Engine, client: redis.Redis, keys: RunKeys) -> thread
     channel of the same name; the message is only a wake-up, the hash is the truth.
     """
     log = logging.getLogger("ringrl.rollout.weights")
+    receiver = HttpReceiver()
     pubsub = client.pubsub(ignore_subscribe_messages=True)
     pubsub.subscribe(keys.weights)
 
@@ -115,7 +43,7 @@ def follow_weights(engine: Engine, client: redis.Redis, keys: RunKeys) -> thread
             return
         record = WeightVersion.from_redis(raw)
         if record.version > engine.version:
-            seconds = load_published(engine, record)
+            _, seconds = load_version(engine, receiver, record)
             log.info("loaded weight version %d in %.2fs", record.version, seconds)
 
     def run() -> None:

@@ -36,7 +36,8 @@ def register(app: typer.Typer, serve: typer.Typer) -> None:
             fail(f"learner.model_path: no such model folder: {cfg.learner.model_path}")
         try:
             session = LearnerSession(cfg, consumer)
-            session.join_broadcast(cfg.learner.broadcast_world_size)
+            if cfg.learner.weight_transport == "broadcast":  # blocks until every engine has joined
+                session.join_broadcast(cfg.learner.broadcast_world_size)
         except (ValueError, OSError) as exc:
             fail(str(exc).splitlines()[0])
         stop = threading.Event()

@@ -41,11 +41,15 @@ def register(app: typer.Typer, serve: typer.Typer) -> None:
         if cfg.redis.url:
             client = connect(cfg.redis.url)
             rollouts = Rollouts(engine, client, cfg.run.name, cfg.rollout, cfg.redis.max_backlog)
-            if cfg.rollout.follow_weights:
+            if cfg.rollout.follow_weights and cfg.learner.weight_transport == "http":
                 follow_weights(engine, client, RunKeys(cfg.run.name))
+            elif cfg.rollout.follow_weights:
+                # Pulling as well would move the engine past the version the learner broadcasts next.
+                typer.echo("rollout.follow_weights: off with learner.weight_transport: broadcast "
+                           "(versions arrive through POST /v1/weights)")
         try:
-            uvicorn.run(create_app(engine, rollouts), host=cfg.rollout.host, port=cfg.rollout.port,
-                        log_level="info")
+            uvicorn.run(create_app(engine, rollouts, weight_backend=cfg.rollout.weight_backend),
+                        host=cfg.rollout.host, port=cfg.rollout.port, log_level="info")
         finally:
             if rollouts is not None:
                 rollouts.stop()

@@ -90,10 +90,17 @@ class LearnerConfig(Section):
     publish_every: int = Field(default=1, gt=0, description="Publish a new weight version every this many steps.")
     publish_dtype: Literal["float32", "bfloat16"] = Field(
         default="bfloat16", description="dtype of published weights (what the engines load).")
+    weight_transport: Literal["broadcast", "http"] = Field(
+        default="http",
+        description="How engines get each new version: http (they GET it from the learner's HTTP "
+                    "server; no rendezvous) or broadcast (the learner pushes it over a collective group "
+                    "of broadcast_world_size). Either way the learner keeps the newest versions for "
+                    "pull, which is how a late or restarted engine catches up.")
     bucket_mb: int = Field(default=64, gt=0, description="Bucket size of the weight broadcast (MiB).")
     broadcast_world_size: int = Field(
         default=0, ge=0,
-        description="Size of the weight-broadcast group (learner + engines); 0: no broadcast, pull only.")
+        description="Size of the weight-broadcast group (learner + engines) with weight_transport: "
+                    "broadcast; unused with http.")
     broadcast_host: str = Field(default="127.0.0.1", description="Rendezvous host of the weight-broadcast group.")
     broadcast_port: int = Field(default=29600, ge=0, le=65535, description="Rendezvous port of the broadcast group.")
     broadcast_backend: Literal["gloo", "nccl"] = Field(default="gloo", description="Backend of the broadcast group.")

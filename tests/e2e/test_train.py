@@ -28,7 +28,9 @@ def config(tmp: Path, asynchronous: bool) -> Path:
         "sft": {"batch_size": 16, "max_steps": 1200, "max_minutes": 0, "save_every_steps": 600,
                 "save_every_minutes": 0},
         "selection": {"probe_size": 8, "eval_size": 10},
-        "learner": {"max_staleness": MAX_STALENESS, "checkpoint_every": 2},
+        # Async broadcasts weights (the demo's transport); sync pulls them over HTTP.
+        "learner": {"max_staleness": MAX_STALENESS, "checkpoint_every": 2,
+                    "weight_transport": "broadcast" if asynchronous else "http"},
         "rollout": {"max_model_len": 256, "cpu_threads_bind": "0"},
         "async": asynchronous,
         "stages": [

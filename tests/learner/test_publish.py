@@ -12,22 +12,20 @@ from safetensors.torch import load as load_safetensors
 
 from learner.publish import Publisher, WeightServer, named_weights
 from learner.trainer import load_model
-from protocol import weight_transfer as wt
 from protocol.streams import RunKeys
-from protocol.weights import WeightVersion, checksum_tensors
+from protocol.transport import WeightVersion, checksum_tensors
+from protocol.transport.broadcast import BroadcastReceiver, BroadcastSender, create_group
+from protocol.transport.http_pull import HttpReceiver
 from tests.conftest import free_port
 
 
 def _engine(port: int, q: mp.Queue) -> None:
-    """Stands in for a rollout engine: joins the group, takes two versions, verifies each."""
-    group = wt.create_group("127.0.0.1", port, 1, 2, timeout_s=60)
-    for _ in range(2):
-        manifest = wt.receive_manifest(group)
-        got: dict[str, torch.Tensor] = {}
-        for bucket in wt.receive(group, manifest):
-            got.update({n: t.clone() for n, t in bucket})
-        wt.verify(sorted(got.items()), manifest)
-        q.put((manifest.version, manifest.checksum, sorted(got)))
+    """Stands in for a rollout engine: joins the group, takes two versions (each verified)."""
+    rx = BroadcastReceiver()
+    rx.join("127.0.0.1", port, 1, 2, timeout_s=60)
+    for v in (1, 2):
+        got = rx.receive(WeightVersion(version=v))
+        q.put((got.version, got.checksum, [n for n, _ in got.tensors]))
 
 
 def test_publish_broadcast_pull_and_announce(moe_path: Path, tmp_path: Path, redis_client: redis.Redis) -> None:
@@ -40,8 +38,9 @@ def test_publish_broadcast_pull_and_announce(moe_path: Path, tmp_path: Path, red
     sub = redis_client.pubsub()
     sub.subscribe(RunKeys("r1").weights)
     try:
-        group = wt.create_group("127.0.0.1", port, 0, 2, timeout_s=60)
-        pub = Publisher(server, "bfloat16", bucket_bytes=1 << 14, group=group, client=redis_client, run="r1")
+        group = create_group("127.0.0.1", port, 0, 2, timeout_s=60)
+        pub = Publisher([server.store, BroadcastSender(group)], "bfloat16", bucket_bytes=1 << 14,
+                        client=redis_client, run="r1")
         first = pub.publish(model, 1)
         with torch.no_grad():
             next(model.parameters()).add_(1.0)
@@ -68,6 +67,8 @@ def test_publish_broadcast_pull_and_announce(moe_path: Path, tmp_path: Path, red
         assert http.get("/v1/weights/1").status_code == 404  # keep=1 pruned it
         bad = http.get("/v1/weights/abc")
         assert bad.status_code == 400 and "version" in bad.json()["detail"]
+    pulled = HttpReceiver(timeout_s=30).receive(latest)  # the published record is all a puller needs
+    assert (pulled.version, pulled.checksum) == (2, second.checksum)
     server.close()
     # the pulled names load into a fresh model of the same config (tied head follows the embedding)
     fresh = load_model(str(moe_path))

@@ -22,7 +22,7 @@ from learner.session import AUDIT_FILE, LearnerSession
 from protocol.config import RunConfig
 from protocol.queue import StreamProducer
 from protocol.streams import LEARNER_GROUP, RunKeys
-from protocol.weights import WeightVersion
+from protocol.transport import WeightVersion
 from tests.learner.helpers import scored_groups
 
 

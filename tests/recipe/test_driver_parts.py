@@ -44,6 +44,8 @@ def test_default_config_loads_and_stage_sections_are_specialised() -> None:
     assert rc.learner.model_path == rc.rollout.model == "/models/x"
     assert rc.rollout.n == stage.n and rc.rollout.max_tokens == stage.max_new_tokens
     assert rc.learner.broadcast_port == 12345 and rc.learner.broadcast_world_size == 2
+    assert rc.learner.weight_transport == "broadcast"  # the demo's engine shares a gloo group with the learner
+    assert TrainConfig().learner.weight_transport == "http"  # elsewhere no rendezvous is needed
     assert rc.redis.url == "redis://127.0.0.1:1/0"
     assert rc.learner.checkpoint_dir == "/runs/demo/stages/math/checkpoints"  # a stage never resumes another
     assert cfg.redis.url is None  # the run's own config is not modified

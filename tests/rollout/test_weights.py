@@ -11,9 +11,11 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from protocol.weight_transfer import create_group, make_manifest, send_version
+from protocol.transport import WeightError, WeightVersion, make_manifest
+from protocol.transport.broadcast import BroadcastReceiver, BroadcastSender, create_group
+from protocol.transport.http_pull import HttpReceiver
 from rollout_service.engine import Engine
-from rollout_service.weights import BroadcastReceiver, WeightError, load_from_url
+from rollout_service.weights import load_version
 from tests.conftest import free_port
 from tests.rollout.conftest import engine_config, publish
 
@@ -25,6 +27,10 @@ def hf_logprobs(model: object) -> np.ndarray:
     with torch.no_grad():
         lp = hf(torch.tensor([PROBE])).logits[0].log_softmax(-1)
     return lp[:-1].gather(1, torch.tensor(PROBE[1:])[:, None])[:, 0].double().numpy()
+
+
+def load_from_url(engine: Engine, url: str, version: int, checksum: str | None = None) -> float:
+    return load_version(engine, HttpReceiver(), WeightVersion(version=version, url=url, checksum=checksum))[1]
 
 
 def fresh_logprobs(model: object) -> np.ndarray:
@@ -60,16 +66,15 @@ def test_update_by_broadcast_matches_fresh_engine(model_dir, buffer: bool) -> No
     port = free_port()
 
     def learner() -> None:  # rank 0: hosts the store, sends one version
-        group = create_group("127.0.0.1", port, 0, 2)
-        send_version(group, named, manifest)
+        BroadcastSender(create_group("127.0.0.1", port, 0, 2)).send(named, manifest)
 
     with Engine(str(old), engine_config()) as e:
         t = threading.Thread(target=learner)
         t.start()
-        receiver = BroadcastReceiver(e)
+        receiver = BroadcastReceiver()
         receiver.join("127.0.0.1", port, 1, 2)
-        got, _ = receiver.load(buffer=buffer)
-        assert got.version == 1
+        version, _ = load_version(e, receiver, WeightVersion(version=1), buffer=buffer)
+        assert version == 1
         t.join(60)
         after = e.prompt_logprobs(PROBE)
         assert (e.version, e.checksum) == (1, manifest.checksum)

@@ -1,0 +1,83 @@
+"""Weight transport by HTTP pull: the learner stores each version as one safetensors file, engines GET it.
+
+The sender is only the versioned file store; serving the folder is the job of whatever HTTP server
+the learner runs (`url_prefix` is where that server answers). Each file's metadata carries its
+version and checksum, and the receiver verifies the checksum the record names before handing out a
+single tensor. No rendezvous: an engine may pull at any time, so one that joins late or restarts
+catches up from the newest record.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+
+import httpx
+import torch
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save_file
+
+from protocol.transport import Manifest, Received, WeightError, WeightVersion, checksum_tensors
+
+
+class SafetensorsStore:
+    """The sender: `v{N:08d}.safetensors` in `directory`, the newest `keep` versions kept."""
+
+    def __init__(self, directory: str | Path, url_prefix: str, keep: int) -> None:
+        self.dir = Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.url_prefix = url_prefix.rstrip("/")
+        self.keep = keep
+        self.latest: WeightVersion | None = None
+        self._lock = threading.Lock()
+
+    def path(self, version: int) -> Path:
+        return self.dir / f"v{version:08d}.safetensors"
+
+    def send(self, named: Mapping[str, torch.Tensor], manifest: Manifest) -> str:
+        target = self.path(manifest.version)
+        tmp = target.with_suffix(".tmp")  # renamed when complete: a reader never sees half a file
+        save_file(dict(named), str(tmp), metadata={"version": str(manifest.version),
+                                                   "checksum": manifest.checksum})
+        tmp.rename(target)
+        url = f"{self.url_prefix}/{manifest.version}"
+        with self._lock:
+            self.latest = manifest.record(url)
+            for old in sorted(self.dir.glob("v*.safetensors"))[:-self.keep]:
+                old.unlink(missing_ok=True)
+        return url
+
+
+class HttpReceiver:
+    """The receiver: GET the record's URL, verify, hand out the tensors sorted by name.
+
+    The file arrives whole, so `buffer` changes nothing here. A record without a checksum (a file
+    from elsewhere) is loaded unverified and takes the checksum its tensors hash to.
+    """
+
+    def __init__(self, timeout_s: float = 300.0) -> None:
+        self.timeout_s = timeout_s
+
+    def _fetch(self, url: str) -> dict[str, torch.Tensor]:
+        try:
+            with httpx.Client(timeout=self.timeout_s, follow_redirects=True) as client:
+                resp = client.get(url)
+        except httpx.HTTPError as exc:
+            raise WeightError(f"url: cannot fetch {url}: {type(exc).__name__}: {exc}") from None
+        if resp.status_code != 200:
+            raise WeightError(f"url: GET {url} answered {resp.status_code}")
+        try:
+            return load_safetensors(resp.content)
+        except Exception as exc:  # safetensors raises its own error types on malformed files
+            raise WeightError(f"url: {url} is not a safetensors file: {exc}") from None
+
+    def receive(self, record: WeightVersion, buffer: bool = True) -> Received:
+        if not record.url:
+            raise WeightError(f"url: weight version {record.version} has no pull URL")
+        named = self._fetch(record.url)
+        pairs = sorted(named.items())
+        got = checksum_tensors(pairs)
+        if record.checksum and got != record.checksum:
+            raise WeightError(f"checksum: {record.url} hashes to {got[:12]}, expected {record.checksum[:12]}")
+        return Received(record.version, got, iter(pairs))
