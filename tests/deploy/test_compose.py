@@ -96,7 +96,7 @@ def test_prometheus_scrapes_every_part_where_it_listens() -> None:
             for host in sd["names"]:
                 targets.setdefault(host, set()).add(str(sd["port"]))
     for name in RINGRL_SERVICES:
-        listening = {v for k, v in compose_env(name).items() if k.endswith("PORT") and "BROADCAST" not in k}
+        listening = {v for k, v in compose_env(name).items() if k.endswith("_PORT") and "BROADCAST" not in k}
         assert targets.get(name) == listening, name
 
 

@@ -130,10 +130,12 @@ def test_model_volume() -> None:
 def test_weight_broadcast_world_size_follows_rollout_replicas() -> None:
     off = container_env(_container(_objs({}), "StatefulSet", "learner"))
     assert off["RINGRL_LEARNER__BROADCAST_WORLD_SIZE"] == "0"
+    assert off["RINGRL_LEARNER__WEIGHT_TRANSPORT"] == "http"
     on = _objs({"weightBroadcast": {"enabled": True}, "rollout": {"replicas": 3}})
     for part, kind in WORKLOADS.items():
         env = container_env(_container(on, kind, part))
         assert env["RINGRL_LEARNER__BROADCAST_WORLD_SIZE"] == "4"
+        assert env["RINGRL_LEARNER__WEIGHT_TRANSPORT"] == "broadcast"
         assert env["RINGRL_LEARNER__BROADCAST_HOST"] == "demo-ringrl-learner"
         assert env["RINGRL_LEARNER__BROADCAST_PORT"] == "29500"
     svc = on[("Service", "demo-ringrl-learner")]

@@ -56,6 +56,8 @@ app.kubernetes.io/component: {{ .component }}
   value: {{ include "ringrl.learnerHost" . | quote }}
 - name: RINGRL_LEARNER__BROADCAST_PORT
   value: {{ .Values.ports.weightRendezvous | quote }}
+- name: RINGRL_LEARNER__WEIGHT_TRANSPORT
+  value: {{ ternary "broadcast" "http" .Values.weightBroadcast.enabled | quote }}
 - name: RINGRL_LEARNER__BROADCAST_WORLD_SIZE
   value: {{ ternary (add1 (int .Values.rollout.replicas)) 0 .Values.weightBroadcast.enabled | quote }}
 - name: RINGRL_LEARNER__BROADCAST_BACKEND
