@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -21,7 +22,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from learner.trainer import warmup_schedule
-from protocol.config.sft import SFTConfig
+from protocol.config.sft import KERNEL_ENV, SFTConfig
 
 STATE_FILE = "sft_state.json"
 
@@ -87,12 +88,23 @@ def completion_loss(model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tenso
     return torch.nn.functional.cross_entropy(logits[keep].float(), targets[keep])
 
 
+def kernel_settings() -> dict[str, str | int]:
+    """What decides a CPU checkpoint's bits besides data and seed (README, reproducibility)."""
+    import transformers
+
+    cap = torch.backends.cpu.get_cpu_capability()  # fixes ATen's choice if no op has run yet
+    return {"ATEN_CPU_CAPABILITY": cap.lower(), "MKL_CBWR": os.environ.get("MKL_CBWR", ""),
+            "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "transformers": transformers.__version__}
+
+
 def save_checkpoint(model: PreTrainedModel, tok: PreTrainedTokenizerBase, out: Path, step: int,
                     minutes: float, loss: float) -> SFTCheckpoint:
     path = out / f"step-{step:06d}"
     model.save_pretrained(path, safe_serialization=True)
     tok.save_pretrained(path)
-    (path / STATE_FILE).write_text(json.dumps({"step": step, "minutes": minutes, "loss": loss}))
+    state = {"step": step, "minutes": minutes, "loss": loss, "kernels": kernel_settings()}
+    (path / STATE_FILE).write_text(json.dumps(state))
     return SFTCheckpoint(path, step, minutes, loss)
 
 
@@ -111,8 +123,15 @@ def train_sft(cfg: SFTConfig, examples: Sequence[tuple[str, str]],
     if cfg.max_steps == 0 and cfg.max_minutes == 0:
         raise ValueError("sft: set max_steps or max_minutes, or training never ends")
     console = console or Console()
+    # A fixed thread count: it changes how reductions and matrix products are split, hence the bits.
+    # (torch.use_deterministic_algorithms is not set: on CPU it gave the same bits as without.)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    kernels = kernel_settings()
+    loose = {k: kernels[k] or "unset" for k, v in KERNEL_ENV.items() if kernels[k] != v}
+    if loose:
+        console.print(f"sft: CPU kernels not pinned ({loose}; protocol.config.sft.pin_kernels sets {KERNEL_ENV} "
+                      "before torch's first op): checkpoints can differ on another CPU model", soft_wrap=True)
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
     tok = AutoTokenizer.from_pretrained(cfg.init_model)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import MutableMapping
 from typing import Literal
 
 from pydantic import Field
@@ -37,5 +39,25 @@ class SFTConfig(Section):
     experts_implementation: Literal["eager", "grouped_mm", "batched_mm"] = Field(
         default="eager",
         description="transformers MoE experts kernel; eager is fastest on CPU for tiny models (STACK-NOTES).")
-    threads: int = Field(default=0, ge=0, description="torch intra-op threads (0: torch's default).")
+    threads: int = Field(
+        default=2, ge=0,
+        description="torch intra-op threads during SFT; fixed, because without KERNEL_ENV's MKL STRICT mode the "
+                    "thread count changes the checkpoint bits (README); 0: torch's default, the core count.")
     seed: int = Field(default=0, description="Seed for data order and dropout.")
+
+
+KERNEL_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2,STRICT"}
+"""CPU kernel choices that change SFT checkpoint bits (measured: README, reproducibility): ATen's
+and MKL's AVX2 code paths, which every x86-64 machine of this kind has; MKL's STRICT mode also makes
+its results independent of the thread count. torch reads ATEN_CPU_CAPABILITY at its first CPU op
+(not at import) and MKL reads MKL_CBWR at its first call, so they only take effect when set in the
+shell or by `pin_kernels()` before the process runs any torch op. The oneDNN ISA and
+torch.use_deterministic_algorithms made no difference to fp32 SFT on CPU, so they are left alone."""
+
+
+def pin_kernels(environ: MutableMapping[str, str] = os.environ) -> dict[str, str]:
+    """Set KERNEL_ENV where the environment does not already choose; returns the values in force.
+    Call it first thing in a process (an entry point), before anything imports and uses torch."""
+    for key, value in KERNEL_ENV.items():
+        environ.setdefault(key, value)
+    return {key: environ[key] for key in KERNEL_ENV}

@@ -83,3 +83,10 @@ def test_bad_env_override_is_one_line(env: dict[str, str], fragment: str) -> Non
     with pytest.raises(ConfigError) as info:
         load_config(None, env=env, model=TrainConfig)
     assert fragment in str(info.value) and "\n" not in str(info.value)
+
+
+def test_pin_kernels_fills_only_what_the_environment_leaves_open() -> None:
+    from protocol.config.sft import KERNEL_ENV, pin_kernels
+
+    env = {"MKL_CBWR": "COMPATIBLE"}
+    assert pin_kernels(env) == {**KERNEL_ENV, "MKL_CBWR": "COMPATIBLE"} == env

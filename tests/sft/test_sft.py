@@ -63,3 +63,19 @@ def test_bucketed_batches_cover_each_index_once_and_group_by_length() -> None:
     assert sorted(i for b in batches for i in b) == list(range(1000))
     spread = sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches) / len(batches)
     assert spread < 20  # random batches of 16 from U(5, 80) would spread ~65
+
+
+def test_same_config_gives_the_same_bits_and_records_its_kernels(tiny_model: Path, examples: list[tuple[str, str]],
+                                                                 tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    def run(name: str) -> Path:
+        cfg = SFTConfig(init_model=str(tiny_model), output_dir=str(tmp_path / name), batch_size=8, warmup_steps=2,
+                        max_steps=6, max_minutes=0, save_every_minutes=0, threads=1)
+        return train_sft(cfg, examples)[-1].path
+
+    a, b = load_file(str(run("a") / "model.safetensors")), load_file(str(run("b") / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    kernels = json.loads((tmp_path / "a" / "step-000006" / STATE_FILE).read_text())["kernels"]
+    assert kernels["threads"] == 1 and kernels["ATEN_CPU_CAPABILITY"] == torch.backends.cpu.get_cpu_capability().lower()
+    assert kernels["torch"] == torch.__version__
