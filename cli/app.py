@@ -9,6 +9,7 @@ import pkgutil
 import typer
 
 import cli.commands
+from protocol.config.sft import pin_kernels
 
 app = typer.Typer(
     name="ringrl",
@@ -24,6 +25,9 @@ app.add_typer(serve, name="serve")
 @app.callback()
 def main() -> None:
     """ringrl: C3PO token-budget RL with verifiable rewards, on Ray + Redis Streams."""
+    # Before any command runs a torch op: the same kernels on every machine of this kind, so SFT
+    # checkpoints (and the RL start chosen from them) do not depend on the CPU (README).
+    pin_kernels()
 
 
 for _mod in sorted(m.name for m in pkgutil.iter_modules(cli.commands.__path__)):

@@ -88,3 +88,17 @@ def test_healthcheck_script_against_a_real_server(tmp_path: Path) -> None:
         server.shutdown()
         server.server_close()
     assert probe() == 1
+
+
+@pytest.mark.parametrize("path", DOCKERFILES, ids=IDS)
+def test_image_copies_every_package_the_project_installs(path: Path) -> None:
+    """A package left out of the image makes `ringrl` fail inside it (the CLI and the run moved once)."""
+    import tomllib
+
+    project = tomllib.loads((path.parents[2] / "pyproject.toml").read_text())
+    packages = [p.rstrip("*") for p in project["tool"]["setuptools"]["packages"]["find"]["include"]]
+    text = path.read_text()
+    ignore = path.with_name(path.name + ".dockerignore").read_text().splitlines()
+    for pkg in packages:
+        assert f"COPY {pkg}/ {pkg}/" in text, f"{path.name} does not copy {pkg}/"
+        assert f"!{pkg}/" in ignore, f"{path.name}.dockerignore leaves {pkg}/ out of the build context"
