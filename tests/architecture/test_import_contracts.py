@@ -28,3 +28,16 @@ def test_contract_catches_a_violation(tmp_path: Path) -> None:
         assert r.returncode != 0 and "BROKEN" in r.stdout
     finally:
         bad.unlink()
+
+
+def test_layers_contract_catches_an_upward_import() -> None:
+    """actors/ wraps services; a Ray actor importing the run (recipe/) above it breaks the build."""
+    bad = ROOT / "actors" / "_layers_probe.py"
+    bad.write_text("import recipe.driver\n")
+    try:
+        lint = Path(sys.executable).with_name("lint-imports")
+        r = subprocess.run([str(lint), "--config", "pyproject.toml", "--no-cache"], cwd=ROOT,
+                           capture_output=True, text=True)
+        assert r.returncode != 0 and "layers" in r.stdout and "BROKEN" in r.stdout
+    finally:
+        bad.unlink()
