@@ -26,7 +26,7 @@ class RolloutActor:
                                   cfg.redis.max_backlog)
         self._receiver: WeightReceiver = (BroadcastReceiver() if cfg.learner.weight_transport == "broadcast"
                                           else HttpReceiver())
-        self._backend = cfg.rollout.weight_backend
+        self._backend = cfg.learner.broadcast_backend
 
     def submit(self, prompts: list[dict]) -> list[str]:
         """Queue prompts (Prompt fields as dicts), blocking while the loop is full; group ids."""

@@ -48,7 +48,7 @@ def register(app: typer.Typer, serve: typer.Typer) -> None:
                 typer.echo("rollout.follow_weights: off with learner.weight_transport: broadcast "
                            "(versions arrive through POST /v1/weights)")
         try:
-            uvicorn.run(create_app(engine, rollouts, weight_backend=cfg.rollout.weight_backend),
+            uvicorn.run(create_app(engine, rollouts, weight_backend=cfg.learner.broadcast_backend),
                         host=cfg.rollout.host, port=cfg.rollout.port, log_level="info")
         finally:
             if rollouts is not None:

@@ -51,7 +51,5 @@ class RolloutConfig(Section):
     follow_weights: bool = Field(
         default=False,
         description="Subscribe to the run's weights channel and pull each new version by URL.")
-    weight_backend: Literal["gloo", "nccl"] = Field(
-        default="gloo", description="Backend of the learner's weight-broadcast group.")
     host: str = Field(default="127.0.0.1", description="Bind address of the rollout HTTP server.")
     port: int = Field(default=8000, ge=0, le=65535, description="Port of the rollout HTTP server.")

@@ -113,7 +113,7 @@ def test_gpu_toggle() -> None:
     assert reward["image"] == "ringrl:cpu" and "nvidia.com/gpu" not in reward["resources"]["limits"]
     for objs, backend in ((cpu, "gloo"), (gpu, "nccl")):
         env = container_env(_container(objs, "Deployment", "rollout"))
-        assert env["RINGRL_ROLLOUT__WEIGHT_BACKEND"] == env["RINGRL_LEARNER__BROADCAST_BACKEND"] == backend
+        assert env["RINGRL_LEARNER__BROADCAST_BACKEND"] == backend  # the engines read the same field
         assert env["RINGRL_ROLLOUT__FOLLOW_WEIGHTS"] == "true"
 
 

@@ -62,8 +62,6 @@ app.kubernetes.io/component: {{ .component }}
   value: {{ ternary (add1 (int .Values.rollout.replicas)) 0 .Values.weightBroadcast.enabled | quote }}
 - name: RINGRL_LEARNER__BROADCAST_BACKEND
   value: {{ include "ringrl.broadcastBackend" . | quote }}
-- name: RINGRL_ROLLOUT__WEIGHT_BACKEND
-  value: {{ include "ringrl.broadcastBackend" . | quote }}
 {{- end -}}
 
 {{- define "ringrl.broadcastBackend" -}}
