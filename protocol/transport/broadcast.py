@@ -20,7 +20,15 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from protocol.transport import DTYPES, Manifest, Received, WeightError, WeightVersion, plan_buckets, verify
+from protocol.transport import (
+    DTYPES,
+    Manifest,
+    Received,
+    WeightError,
+    WeightVersion,
+    plan_buckets,
+    verify,
+)
 
 
 @dataclass

@@ -18,7 +18,13 @@ import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save_file
 
-from protocol.transport import Manifest, Received, WeightError, WeightVersion, checksum_tensors
+from protocol.transport import (
+    Manifest,
+    Received,
+    WeightError,
+    WeightVersion,
+    checksum_tensors,
+)
 
 
 class SafetensorsStore:

@@ -13,7 +13,13 @@ import sys
 import pytest
 import yaml
 
-from tests.deploy.manifests import COMPOSE, DEPLOY, RINGRL_SERVICES, compose, compose_env
+from tests.deploy.manifests import (
+    COMPOSE,
+    DEPLOY,
+    RINGRL_SERVICES,
+    compose,
+    compose_env,
+)
 
 EXPECTED = {"redis", "rollout", "reward", "learner", "prometheus", "grafana"}
 

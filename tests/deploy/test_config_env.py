@@ -19,15 +19,15 @@ from protocol.config.base import Section
 from tests.deploy.manifests import (
     COMPOSE_RUN,
     DEPLOY,
-    ROOT,
     RINGRL_SERVICES,
+    ROOT,
+    all_ringrl_env,
     compose_env,
     container_env,
     containers,
     helm_value_variants,
     kuberay_docs,
     render,
-    all_ringrl_env,
 )
 
 FIELDS = {name for name, _, _ in describe()}

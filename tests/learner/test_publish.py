@@ -14,7 +14,11 @@ from learner.publish import Publisher, WeightServer, named_weights
 from learner.trainer import load_model
 from protocol.streams import RunKeys
 from protocol.transport import WeightVersion, checksum_tensors
-from protocol.transport.broadcast import BroadcastReceiver, BroadcastSender, create_group
+from protocol.transport.broadcast import (
+    BroadcastReceiver,
+    BroadcastSender,
+    create_group,
+)
 from protocol.transport.http_pull import HttpReceiver
 from tests.conftest import free_port
 

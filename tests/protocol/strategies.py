@@ -5,8 +5,17 @@ from __future__ import annotations
 import numpy as np
 from hypothesis import strategies as st
 
-from protocol.schema import (CodeReference, FinishReason, Group, IOTest, MathReference, Response,
-                             TaskKind, Verdict, VerdictStatus)
+from protocol.schema import (
+    CodeReference,
+    FinishReason,
+    Group,
+    IOTest,
+    MathReference,
+    Response,
+    TaskKind,
+    Verdict,
+    VerdictStatus,
+)
 
 text = st.text(max_size=40)
 tokens = st.lists(st.integers(-2**31, 2**31 - 1), max_size=64)

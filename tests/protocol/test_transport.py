@@ -11,9 +11,21 @@ from pathlib import Path
 import pytest
 import torch
 
-from protocol.transport import (Manifest, WeightError, WeightReceiver, WeightSender, WeightVersion,
-                                checksum_tensors, make_manifest, plan_buckets)
-from protocol.transport.broadcast import BroadcastReceiver, BroadcastSender, create_group
+from protocol.transport import (
+    Manifest,
+    WeightError,
+    WeightReceiver,
+    WeightSender,
+    WeightVersion,
+    checksum_tensors,
+    make_manifest,
+    plan_buckets,
+)
+from protocol.transport.broadcast import (
+    BroadcastReceiver,
+    BroadcastSender,
+    create_group,
+)
 from protocol.transport.http_pull import HttpReceiver, SafetensorsStore
 from tests.conftest import free_port
 

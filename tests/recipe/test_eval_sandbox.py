@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from protocol.schema import TaskKind, VerdictStatus
+from protocol.schema import TaskKind
 from recipe.evaluate import task_set
 from recipe.verdicts import correct, standalone_scorer, verdicts
 from reward_service.sandbox import SandboxUnavailable

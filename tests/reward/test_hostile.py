@@ -11,7 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from protocol.schema import CodeReference, IOTest, MathReference, TaskKind, VerdictStatus
+from protocol.schema import (
+    CodeReference,
+    IOTest,
+    MathReference,
+    TaskKind,
+    VerdictStatus,
+)
 from reward_service.code_verifier import check_program
 from reward_service.scorer import Item, Scorer
 from tests.reward.conftest import BACKENDS

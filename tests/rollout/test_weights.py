@@ -12,7 +12,11 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from protocol.transport import WeightError, WeightVersion, make_manifest
-from protocol.transport.broadcast import BroadcastReceiver, BroadcastSender, create_group
+from protocol.transport.broadcast import (
+    BroadcastReceiver,
+    BroadcastSender,
+    create_group,
+)
 from protocol.transport.http_pull import HttpReceiver
 from rollout_service.engine import Engine
 from rollout_service.weights import load_version
