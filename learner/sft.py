@@ -133,6 +133,11 @@ def train_sft(cfg: SFTConfig, examples: Sequence[tuple[str, str]],
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     kernels = kernel_settings()
+    if cfg.threads and kernels["threads"] != cfg.threads:
+        # vLLM's CPU worker replaces torch.set_num_threads with a no-op in a process that hosted an
+        # in-process engine: say so rather than train with a thread count nobody chose.
+        console.print(f"sft: sft.threads {cfg.threads} not applied, torch runs {kernels['threads']} threads "
+                      "(something in this process fixed the count): checkpoints can differ", soft_wrap=True)
     loose = {k: kernels[k] or "unset" for k, v in KERNEL_ENV.items() if kernels[k] != v}
     if loose:
         console.print(f"sft: CPU kernels not pinned ({loose}; protocol.config.sft.pin_kernels sets {KERNEL_ENV} "

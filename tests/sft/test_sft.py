@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import json
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -67,15 +69,30 @@ def test_bucketed_batches_cover_each_index_once_and_group_by_length() -> None:
 
 def test_same_config_gives_the_same_bits_and_records_its_kernels(tiny_model: Path, examples: list[tuple[str, str]],
                                                                  tmp_path: Path) -> None:
-    from safetensors.torch import load_file
-
-    def run(name: str) -> Path:
-        cfg = SFTConfig(init_model=str(tiny_model), output_dir=str(tmp_path / name), batch_size=8, warmup_steps=2,
-                        max_steps=6, max_minutes=0, save_every_minutes=0, threads=1)
-        return train_sft(cfg, examples)[-1].path
-
-    a, b = load_file(str(run("a") / "model.safetensors")), load_file(str(run("b") / "model.safetensors"))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    kernels = json.loads((tmp_path / "a" / "step-000006" / STATE_FILE).read_text())["kernels"]
-    assert kernels["threads"] == 1 and kernels["ATEN_CPU_CAPABILITY"] == torch.backends.cpu.get_cpu_capability().lower()
-    assert kernels["torch"] == torch.__version__
+    # A fresh process: one that hosted an in-process vLLM engine (earlier tests) ignores
+    # torch.set_num_threads, as vLLM's CPU worker replaces it with a no-op.
+    script = f"""
+import json, torch
+from safetensors.torch import load_file
+from learner.sft import STATE_FILE, train_sft
+from protocol.config.sft import SFTConfig
+examples = json.loads(open({str(tmp_path / 'examples.json')!r}).read())
+def run(name):
+    cfg = SFTConfig(init_model={str(tiny_model)!r}, output_dir={str(tmp_path)!r} + "/" + name, batch_size=8,
+                    warmup_steps=2, max_steps=6, max_minutes=0, save_every_minutes=0, threads=1)
+    return train_sft(cfg, [tuple(e) for e in examples])[-1].path
+a, b = load_file(str(run("a") / "model.safetensors")), load_file(str(run("b") / "model.safetensors"))
+same = a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+kernels = json.loads(open({str(tmp_path)!r} + "/a/step-000006/" + STATE_FILE).read())["kernels"]
+print(json.dumps({{"same": same, "kernels": kernels, "capability": torch.backends.cpu.get_cpu_capability().lower(),
+                  "torch": torch.__version__}}))
+"""
+    (tmp_path / "examples.json").write_text(json.dumps(examples))
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600,
+                       cwd=Path(__file__).resolve().parents[2])
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["same"], "two runs of one config gave different checkpoint bits"
+    kernels = out["kernels"]
+    assert kernels["threads"] == 1 and kernels["ATEN_CPU_CAPABILITY"] == out["capability"]
+    assert kernels["torch"] == out["torch"]
