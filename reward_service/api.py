@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from protocol.schema import CodeReference, IOTest, MathReference, Reference, TaskKind, VerdictStatus
+from protocol.schema import (
+    CodeReference,
+    IOTest,
+    MathReference,
+    Reference,
+    TaskKind,
+    VerdictStatus,
+)
 
 
 class Tests(BaseModel):

@@ -11,8 +11,14 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry
 
 from protocol.config.reward import RewardConfig
-from protocol.schema import (CodeReference, MathReference, Reference, TaskKind, Verdict,
-                             VerdictStatus)
+from protocol.schema import (
+    CodeReference,
+    MathReference,
+    Reference,
+    TaskKind,
+    Verdict,
+    VerdictStatus,
+)
 from reward_service import extract
 from reward_service.code_verifier import check_program
 from reward_service.math_pool import MathPool

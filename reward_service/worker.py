@@ -9,7 +9,7 @@ from collections import Counter
 from protocol.codec import encode_group
 from protocol.config.redis import RedisConfig
 from protocol.queue import Backpressure, StreamConsumer, connect
-from protocol.streams import REWARD_GROUP, RunKeys
+from protocol.streams import LEARNER_GROUP, REWARD_GROUP, RunKeys
 from reward_service.scorer import Item, Scorer, reward_of
 
 
@@ -24,7 +24,10 @@ class RewardWorker:
         self.client = connect(redis.url)
         self.consumer = StreamConsumer(self.client, self.keys.rollouts, REWARD_GROUP, name,
                                        claim_idle_ms=redis.claim_idle_ms)
-        self.backpressure = Backpressure(self.client, [self.keys.scored], redis.max_backlog)
+        # What the learner has read and holds until its next checkpoint is not waiting for anyone:
+        # counting it would stop scoring until that checkpoint, which needs more scored groups.
+        self.backpressure = Backpressure(self.client, [self.keys.scored], redis.max_backlog,
+                                         custody=(self.keys.scored, LEARNER_GROUP))
         self._stop = threading.Event()
         self._stats: Counter[str] = Counter()
 

@@ -12,7 +12,7 @@ from protocol.config import RunConfig
 from protocol.config.redis import RedisConfig
 from protocol.queue import FIELD, StreamProducer
 from protocol.schema import CodeReference, IOTest, MathReference, TaskKind
-from protocol.streams import RunKeys
+from protocol.streams import LEARNER_GROUP, RunKeys
 from reward_service.worker import main as worker_main
 from tests.protocol.strategies import make_group
 from tests.reward.conftest import reward_config
@@ -66,3 +66,28 @@ def test_two_worker_processes_score_every_group_exactly_once(redis_url: str,
         assert [r.reward for r in g.responses] == [1.0, 0.0, 0.0], g.group_id
         assert g.responses[2].verdict.status.value == "no_answer"
     assert redis_client.xlen(keys.rollouts) == 0  # every raw group acked and removed
+
+
+def test_groups_the_learner_holds_do_not_stop_scoring(redis_url: str, redis_client: redis.Redis) -> None:
+    """The learner acks after a checkpoint; until then its entries sit in `scored`. A worker that
+    counted them against the backlog bound would wait for a checkpoint that waits for it."""
+    keys = RunKeys(RUN)
+    held = _groups(4)
+    StreamProducer(redis_client, keys.scored).produce(held)
+    redis_client.xgroup_create(keys.scored, LEARNER_GROUP, id="0")
+    redis_client.xreadgroup(LEARNER_GROUP, "learner-0", {keys.scored: ">"}, count=len(held))
+    StreamProducer(redis_client, keys.rollouts).produce(_groups(6)[4:])
+    cfg = RunConfig(redis=RedisConfig(url=redis_url, max_backlog=len(held)), reward=reward_config())
+    cfg.run.name = RUN
+    proc = mp.get_context("spawn").Process(target=worker_main, args=(cfg.model_dump_json(), 0))
+    proc.start()
+    try:
+        deadline = time.monotonic() + 60
+        while redis_client.xlen(keys.scored) < len(held) + 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        # read while the worker runs: on stop it forwards what it holds whatever the bound
+        scored, left = redis_client.xlen(keys.scored), redis_client.xlen(keys.rollouts)
+    finally:
+        proc.terminate()
+        proc.join(30)
+    assert (scored, left) == (len(held) + 2, 0), "the worker stopped at the learner's held entries"
