@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import NoReturn
+from pathlib import Path
+from typing import Any, NoReturn
 
 import typer
 
@@ -10,3 +11,14 @@ import typer
 def fail(message: str, code: int = 2) -> NoReturn:
     typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
     raise typer.Exit(code)
+
+
+def load_or_fail(path: str | Path | None, model: Any = None) -> Any:
+    """The config at `path` (defaults when None) as `model` (RunConfig unless given); a mistake in
+    it ends the command with the one line that names the field."""
+    from protocol.config import ConfigError, RunConfig, load_config
+
+    try:
+        return load_config(path, model=model or RunConfig)
+    except ConfigError as exc:
+        fail(str(exc))

@@ -211,10 +211,11 @@ class LearnerSession:
 
     def _write_state(self) -> None:
         """The learner's progress for the parts that pace themselves on it (rollout's staleness gate)."""
+        counters = self.learner.counters()
         state: dict[str, Any] = {"version": self.learner.version, "max_staleness": self.cfg.learner.max_staleness,
-                                 "updated_at": time.time(), **self.learner.counters()}
+                                 "updated_at": time.time(), **counters}
         self.client.hset(self.keys.learner_state, mapping={k: str(v) for k, v in state.items()})
-        for k, val in self.learner.counters().items():
+        for k, val in counters.items():
             self._count_gauge.labels(k).set(val)
 
     def close(self) -> None:

@@ -57,9 +57,11 @@ def outcomes(path: str | Path, items: Sequence[TaskItem], scorer: Scorer, *, sam
     greedy = sample(model, tok, prompts, temperature=0.0, max_new_tokens=max_new_tokens, batch_size=batch_size)
     sampled = sample(model, tok, prompts, n=samples, temperature=temperature, max_new_tokens=max_new_tokens,
                      batch_size=batch_size, seed=seed)
-    greedy_ok = correct(scorer, items, [g[0].text for g in greedy])
-    flat_ok = correct(scorer, [it for it in items for _ in range(samples)], [s.text for g in sampled for s in g])
-    return Outcomes(list(items), list(greedy_ok),
+    # One Scorer call for both: a greedy answer a sample repeats is checked once.
+    ok = correct(scorer, list(items) + [it for it in items for _ in range(samples)],
+                 [g[0].text for g in greedy] + [s.text for g in sampled for s in g])
+    greedy_ok, flat_ok = ok[:len(items)], ok[len(items):]
+    return Outcomes(list(items), greedy_ok,
                     [sum(flat_ok[i * samples:(i + 1) * samples]) for i in range(len(items))], samples,
                     [sum(s.entropy_sum for s in g) for g in sampled], [sum(s.n_tokens for s in g) for g in sampled])
 

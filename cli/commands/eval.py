@@ -7,40 +7,16 @@ from contextlib import closing
 from dataclasses import asdict
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import typer
 
-if TYPE_CHECKING:
-    from reward_service.scorer import Scorer
+from cli.sandbox import SANDBOX_HELP, SandboxChoice, scorer_or_fail
 
 
 class TaskChoice(str, Enum):
     math = "math"
     code = "code"
     all = "all"
-
-
-class SandboxChoice(str, Enum):
-    warm = "warm"
-    bwrap = "bwrap"
-    rlimit = "rlimit"
-
-
-SANDBOX_HELP = "Sandbox backend that runs the model's programs (docs/reward.md); rlimit where user namespaces are off."
-
-
-def scorer_or_fail(backend: SandboxChoice) -> Scorer:
-    """The commands' Scorer; model-written code never runs outside a sandbox, so without one they stop."""
-    from cli.errors import fail
-    from recipe.verdicts import standalone_scorer
-    from reward_service.sandbox import SandboxUnavailable
-
-    try:
-        return standalone_scorer(backend.value)
-    except SandboxUnavailable as exc:
-        fail(f"{' '.join(str(exc).split())}; model-written code runs only in a sandbox: fix that, or pick "
-             "another backend with --sandbox (docs/reward.md)")
 
 
 def register(app: typer.Typer, serve: typer.Typer) -> None:

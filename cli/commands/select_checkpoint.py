@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from cli.commands.eval import SANDBOX_HELP, SandboxChoice, scorer_or_fail
+from cli.sandbox import SANDBOX_HELP, SandboxChoice, scorer_or_fail
 
 
 def register(app: typer.Typer, serve: typer.Typer) -> None:

@@ -16,13 +16,8 @@ def register(app: typer.Typer, serve: typer.Typer) -> None:
         consumer: str = typer.Option("learner-0", help="Consumer name within the learner group."),
     ) -> None:
         """Train on scored groups (C3PO), publish weights, checkpoint; SIGTERM stops after a checkpoint."""
-        from cli.errors import fail
-        from protocol.config import ConfigError, load_config
-
-        try:
-            cfg = load_config(config)
-        except ConfigError as exc:
-            fail(str(exc))
+        from cli.errors import fail, load_or_fail
+        cfg = load_or_fail(config)
         if not cfg.redis.url:
             fail("redis.url is required: the learner consumes the run's scored stream")
         import threading

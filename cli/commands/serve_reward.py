@@ -17,13 +17,8 @@ def register(app: typer.Typer, serve: typer.Typer) -> None:
         workers: Optional[int] = typer.Option(None, help="Stream workers (default reward.workers)."),
     ) -> None:
         """Score responses: HTTP API and/or workers consuming the run's rollouts stream."""
-        from cli.errors import fail
-        from protocol.config import ConfigError, load_config
-
-        try:
-            cfg = load_config(config)
-        except ConfigError as exc:
-            fail(str(exc))
+        from cli.errors import fail, load_or_fail
+        cfg = load_or_fail(config)
         # Without a Redis URL the default is the HTTP server alone; asking for workers is an error.
         n = (cfg.reward.workers if cfg.redis.url else 0) if workers is None else workers
         if n < 0:

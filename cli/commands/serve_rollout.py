@@ -15,13 +15,8 @@ def register(app: typer.Typer, serve: typer.Typer) -> None:
         model: Optional[str] = typer.Option(None, help="Model folder (default rollout.model)."),
     ) -> None:
         """Generate: POST /v1/rollouts into the run's stream, /v1/completions, /v1/weights."""
-        from cli.errors import fail
-        from protocol.config import ConfigError, load_config
-
-        try:
-            cfg = load_config(config)
-        except ConfigError as exc:
-            fail(str(exc))
+        from cli.errors import fail, load_or_fail
+        cfg = load_or_fail(config)
         path = model or cfg.rollout.model
         if not path:
             fail("rollout.model is empty: set it in the config or pass --model")

@@ -17,17 +17,16 @@ def register(app: typer.Typer, serve: typer.Typer) -> None:
         """Distil the model on teacher solutions, saving several checkpoints."""
         from rich.console import Console
 
-        from cli.errors import fail
-        from protocol.config import ConfigError, load_config
+        from cli.errors import fail, load_or_fail
         from protocol.config.train import SFTRunConfig
         from recipe.distil import run_sft
         from recipe.tasks import TaskDataError
         from reward_service.sandbox import SandboxUnavailable
 
+        cfg = load_or_fail(config, SFTRunConfig)
         try:
-            cfg = load_config(config, model=SFTRunConfig)
             run_sft(cfg, eval_n, Console())
-        except (ConfigError, TaskDataError, ValueError) as exc:
+        except (TaskDataError, ValueError) as exc:
             fail(str(exc))
         except SandboxUnavailable as exc:
             fail(f"{exc} (the held-out check of --eval-n runs code in the sandbox)")

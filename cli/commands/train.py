@@ -9,8 +9,6 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from protocol.config import ConfigError, load_config
-
 
 def register(app: typer.Typer, serve: typer.Typer) -> None:
     @app.command()
@@ -18,13 +16,10 @@ def register(app: typer.Typer, serve: typer.Typer) -> None:
               output_dir: Optional[str] = typer.Option(None, help="Override run.output_dir."),
               name: Optional[str] = typer.Option(None, help="Override run.name.")) -> None:
         """Run SFT, entropy-based checkpoint choice and the RL stages on local Ray + Redis."""
-        from cli.errors import fail
+        from cli.errors import fail, load_or_fail
         from protocol.config.train import DEFAULT_CONFIG, TrainConfig
 
-        try:
-            cfg = load_config(config or DEFAULT_CONFIG, model=TrainConfig)
-        except ConfigError as exc:
-            fail(str(exc))
+        cfg = load_or_fail(config or DEFAULT_CONFIG, TrainConfig)
         if output_dir:
             cfg.run.output_dir = output_dir
         if name:

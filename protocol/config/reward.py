@@ -6,9 +6,11 @@ from pydantic import Field
 
 from protocol.config.base import Section
 
+SandboxBackend = Literal["warm", "bwrap", "rlimit"]
+
 
 class SandboxConfig(Section):
-    backend: Literal["warm", "bwrap", "rlimit"] = Field(
+    backend: SandboxBackend = Field(
         default="warm",
         description="warm: one long-lived bwrap sandbox per slot whose fork server forks each "
                     "program (fastest); bwrap: a fresh bwrap per program; both need user "
