@@ -86,7 +86,7 @@ def test_reward_sandbox_settings() -> None:
     reward = compose()["services"]["reward"]
     assert compose_env("reward")["RINGRL_REWARD__SANDBOX__BACKEND"] == "rlimit"
     assert reward["user"] == "0:0" and reward["cap_drop"] == ["ALL"]
-    assert set(reward["cap_add"]) == {"SETUID", "SETGID", "KILL"}
+    assert set(reward["cap_add"]) == {"CHOWN", "DAC_OVERRIDE", "SETUID", "SETGID", "KILL"}
     assert "ports" not in reward, "replicas cannot share a host port"
 
 

@@ -168,7 +168,7 @@ def test_security_contexts() -> None:
     rlimit = _objs({})
     c = _container(rlimit, "Deployment", "reward")
     assert container_env(c)["RINGRL_REWARD__SANDBOX__BACKEND"] == "rlimit"
-    assert c["securityContext"]["capabilities"] == {"drop": ["ALL"], "add": ["SETUID", "SETGID", "KILL"]}
+    assert c["securityContext"]["capabilities"] == {"drop": ["ALL"], "add": ["CHOWN", "DAC_OVERRIDE", "SETUID", "SETGID", "KILL"]}
     assert "privileged" not in c["securityContext"]
     bwrap = _objs(VARIANTS["bwrap"])
     c = _container(bwrap, "Deployment", "reward")
