@@ -22,3 +22,11 @@ def load_or_fail(path: str | Path | None, model: Any = None) -> Any:
         return load_config(path, model=model or RunConfig)
     except ConfigError as exc:
         fail(str(exc))
+
+
+def load_service_config(path: str | Path | None) -> Any:
+    """A service's RunConfig from a run config that may be a whole TrainConfig (stages, tasks, ...):
+    one file serves every part of a deployment."""
+    from protocol.config.train import TrainConfig
+
+    return load_or_fail(path, TrainConfig).services()

@@ -145,7 +145,9 @@ class Batcher:
                    cfg.adv_eps, cfg.dedup_window, norm)  # type: ignore[arg-type]
 
     # --- input ------------------------------------------------------------------------------
-    def add(self, groups: Iterable[Group], current_version: int) -> None:
+    def add(self, groups: Iterable[Group], current_version: int, stage: str | None = None) -> None:
+        """`stage`: groups generated for another stage (a services run's leftovers from the stage
+        before) are counted stale: their data belongs to a policy objective no longer trained."""
         for g in groups:
             if g.group_id in self._seen:  # a replayed stream entry: already counted and used
                 self.counters.groups_duplicate += 1
@@ -158,7 +160,8 @@ class Batcher:
             if not has_signal(g.rewards):
                 c.groups_filtered += 1
                 c.tokens_filtered += n_tok
-            elif is_stale(g.policy_version, current_version, self.max_staleness):
+            elif (is_stale(g.policy_version, current_version, self.max_staleness)
+                  or (stage is not None and g.stage != stage)):
                 c.groups_stale += 1
                 c.tokens_stale += n_tok
             else:
@@ -174,12 +177,13 @@ class Batcher:
     def buffered_tokens(self) -> int:
         return sum(p.num_tokens for p in self.buffer)
 
-    def drop_stale(self, current_version: int) -> None:
-        """Carried pieces age too: drop those now beyond the bound."""
+    def drop_stale(self, current_version: int, everything: bool = False) -> None:
+        """Carried pieces age too: drop those now beyond the bound (`everything`: all of them, at a
+        services run's stage change)."""
         keep: deque[Piece] = deque()
         stale_groups: set[str] = set()
         for p in self.buffer:
-            if is_stale(p.policy_version, current_version, self.max_staleness):
+            if everything or is_stale(p.policy_version, current_version, self.max_staleness):
                 self.counters.tokens_stale += p.num_tokens
                 stale_groups.add(p.group_id)
             else:

@@ -23,6 +23,7 @@ trained; on restart the lines past the checkpoint are dropped, as their steps ar
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -36,12 +37,15 @@ from learner.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoi
 from learner.publish import Publisher, WeightServer
 from learner.trainer import Learner
 from protocol.config import RunConfig
-from protocol.queue import Entry, StreamConsumer, connect
-from protocol.streams import LEARNER_GROUP, RunKeys
+from protocol.queue import Entry, StreamConsumer, connect, reachable
+from protocol.streams import LEARNER_GROUP, Plan, RunKeys
 from protocol.transport import WeightVersion
 from protocol.transport.broadcast import BroadcastSender, create_group
 
 AUDIT_FILE = "steps.jsonl"
+STEPS_KEPT = 100_000
+"""Step rows kept on the run's steps stream (the driver's metrics.jsonl has them all)."""
+log = logging.getLogger("ringrl.learner")
 
 
 def checkpoint_root(cfg: RunConfig) -> Path:
@@ -79,11 +83,12 @@ class LearnerSession:
                                   ["name"], registry=self.registry)
         self.server = WeightServer(weights_dir or self.root.parent / "weights", lc.http_host,
                                    lc.http_port if http_port is None else http_port, lc.keep_weight_versions,
-                                   lc.public_url, self.registry, lambda: {"ok": True, "version": self.learner.version})
+                                   lc.public_url, self.registry, self.health)
         # The pull store serves every transport: it is how an engine that joins late catches up.
         self.publisher = Publisher([self.server.store], lc.publish_dtype, lc.bucket_mb << 20, self.client,
                                    cfg.run.name)
         self.last_metrics: dict[str, float] = {}
+        self.plan: Plan | None = None
         self._unacked: list[bytes] = []
         self._recovered = False
         self._lags: list[int] = []
@@ -121,7 +126,7 @@ class LearnerSession:
     def _take(self, entries: list[Entry]) -> None:
         self._lags += [self.learner.version - e.group.policy_version for e in entries]
         self._rewards += [float(r) for e in entries for r in e.group.rewards]
-        self.learner.add_groups(e.group for e in entries)
+        self.learner.add_groups((e.group for e in entries), self.plan.stage if self.plan else None)
         ids = [e.id for e in entries]
         if self.cfg.learner.ack == "ingest":
             self.consumer.ack(ids)
@@ -166,15 +171,48 @@ class LearnerSession:
         self._write_state()
         return out
 
+    def read_plan(self) -> Plan | None:
+        """The services-mode driver's plan (stage, last step, budget, lr), applied if it changed."""
+        raw = self.client.hgetall(self.keys.plan)
+        plan = Plan.from_redis(raw) if raw else None
+        if plan is not None and plan != self.plan:
+            if self.plan is not None and plan.stage != self.plan.stage:  # the last stage's carry
+                self.learner.batcher.drop_stale(self.learner.version, everything=True)
+            self.learner.set_stage(plan.token_budget, plan.lr)
+            log.info("plan: stage %s until step %d (budget %d, lr %g)", plan.stage, plan.until_step,
+                     plan.token_budget, plan.lr)
+        self.plan = plan
+        return plan
+
+    def _may_step(self) -> bool:
+        plan = self.read_plan()
+        return plan is None or self.learner.version < plan.until_step
+
     def run(self, stop_event: threading.Event) -> None:
-        """Free-running: train and publish until learner.max_steps or `stop_event`."""
+        """Free-running: train and publish until learner.max_steps or `stop_event`; under a driver's
+        plan, only up to its stage's last step (then wait for the next stage)."""
         lc, learner = self.cfg.learner, self.learner
         self.publish()  # engines joining now pull this
         while not stop_event.is_set() and not (lc.max_steps and learner.version >= lc.max_steps):
-            if self.step(stop=stop_event.is_set) is not None and learner.version % lc.publish_every == 0:
+            if not self._may_step():
+                stop_event.wait(0.5)
+                continue
+            out = self.step(stop=lambda: stop_event.is_set() or not self._may_step())
+            if out is None:
+                continue
+            self._report(out)
+            if learner.version % lc.publish_every == 0:
                 self.publish()
         if lc.checkpoint_every or lc.ack == "checkpoint":
             self.checkpoint()
+
+    def _report(self, out: dict[str, Any]) -> None:
+        """One log line per step, and the step's metrics on the run's steps stream for the driver."""
+        row = {**out, "stage": self.plan.stage if self.plan else ""}
+        self.client.xadd(self.keys.steps, {b"m": json.dumps(row)}, maxlen=STEPS_KEPT, approximate=True)
+        log.info("step %d: loss %.4f reward %.3f tokens %d stale<=%d wait %.1fs train %.1fs",
+                 out["version"], out.get("loss", float("nan")), out["reward"], int(out.get("tokens", 0)),
+                 out["staleness_max"], out["data_wait_s"], out.get("step_time_s", 0.0))
 
     # ---- durability ---------------------------------------------------------------------
     def checkpoint(self) -> Path:
@@ -217,6 +255,11 @@ class LearnerSession:
         self.client.hset(self.keys.learner_state, mapping={k: str(v) for k, v in state.items()})
         for k, val in counters.items():
             self._count_gauge.labels(k).set(val)
+
+    def health(self) -> dict[str, Any]:
+        """Alive while the process serves; ready while Redis answers (else it trains nothing)."""
+        return {"ok": True, "ready": reachable(self.client), "version": self.learner.version,
+                "plan": self.plan.stage if self.plan else None}
 
     def close(self) -> None:
         self.server.close()

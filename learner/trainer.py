@@ -149,8 +149,16 @@ class Learner:
         sums.update(zip(SUMS, vals.tolist()))
 
     # --- groups in, metrics out -------------------------------------------------------------
-    def add_groups(self, groups: Iterable[Group]) -> None:
-        self.batcher.add(groups, self.version)
+    def add_groups(self, groups: Iterable[Group], stage: str | None = None) -> None:
+        self.batcher.add(groups, self.version, stage)
+
+    def set_stage(self, token_budget: int, lr: float) -> None:
+        """A services run's next stage: its budget from the next step, its peak lr under the same
+        warm-up schedule (the optimiser state carries over, as one long run)."""
+        self.batcher.token_budget = token_budget
+        self.scheduler.base_lrs = [lr for _ in self.scheduler.base_lrs]
+        for group, factor in zip(self.optimizer.param_groups, self.scheduler.lr_lambdas):
+            group["lr"] = lr * factor(self.scheduler.last_epoch)
 
     def train_ready(self, max_steps: int | None = None) -> list[dict[str, float]]:
         """Run every step the buffered data fills (at most max_steps)."""

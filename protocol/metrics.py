@@ -1,4 +1,4 @@
-"""/metrics (Prometheus) and /healthz for every process: on a FastAPI app, or standalone.
+"""/metrics (Prometheus), /healthz and /readyz for every process: on a FastAPI app, or standalone.
 
 Standalone, prometheus_client's WSGI app answers /metrics (content negotiation, gzip, `name[]`
 filters) and a few lines beside it answer /healthz, served by wsgiref from a daemon thread.
@@ -23,19 +23,25 @@ from prometheus_client import (
 from prometheus_client.exposition import ThreadingWSGIServer
 
 Health = Callable[[], dict[str, Any]]
-"""Returns a JSON-able status; a truthy "ok" key means healthy (HTTP 200), else 503."""
+"""Returns a JSON-able status. A truthy "ok" key means alive (GET /healthz answers 200, else 503:
+the orchestrator should restart the process); "ready" (default: "ok") means it can serve now (GET
+/readyz; 503 while e.g. Redis is unreachable: take it out of rotation, do not restart it)."""
+
+PROBES = ("/healthz", "/readyz")
 
 
-def _health_body(health: Health) -> tuple[int, bytes]:
+def _health_body(health: Health, path: str = "/healthz") -> tuple[int, bytes]:
     try:
         status = health()
     except Exception as exc:  # a failing probe is itself the answer: unhealthy, with the reason
         status = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
-    return (200 if status.get("ok") else 503), json.dumps(status).encode()
+    status.setdefault("ready", bool(status.get("ok")))
+    up = status.get("ok") and (path == "/healthz" or status["ready"])
+    return (200 if up else 503), json.dumps(status).encode()
 
 
 def mount_observability(app: Any, registry: CollectorRegistry, health: Health) -> None:
-    """Add GET /metrics and GET /healthz to a FastAPI app."""
+    """Add GET /metrics, GET /healthz (liveness) and GET /readyz (readiness) to a FastAPI app."""
     from fastapi import Response
 
     @app.get("/metrics", include_in_schema=False, response_model=None)
@@ -44,7 +50,12 @@ def mount_observability(app: Any, registry: CollectorRegistry, health: Health) -
 
     @app.get("/healthz", response_model=None)
     def healthz() -> Response:
-        code, body = _health_body(health)
+        code, body = _health_body(health, "/healthz")
+        return Response(body, status_code=code, media_type="application/json")
+
+    @app.get("/readyz", response_model=None)
+    def readyz() -> Response:
+        code, body = _health_body(health, "/readyz")
         return Response(body, status_code=code, media_type="application/json")
 
 
@@ -62,8 +73,8 @@ def observability_handler(registry: CollectorRegistry, health: Health) -> type[B
             """Answer `path` and return True, or return False for a 404."""
             if path == "/metrics":
                 self.send_body(200, generate_latest(registry), CONTENT_TYPE_LATEST)
-            elif path == "/healthz":
-                self.send_body(*_health_body(health), "application/json")
+            elif path in PROBES:
+                self.send_body(*_health_body(health, path), "application/json")
             else:
                 return False
             return True
@@ -89,7 +100,7 @@ def observability_app(registry: CollectorRegistry, health: Health) -> Callable[.
         path = environ.get("PATH_INFO", "")
         if path == "/metrics":
             return metrics(environ, start_response)
-        code, body = _health_body(health) if path == "/healthz" else (404, b'{"detail": "not found"}')
+        code, body = _health_body(health, path) if path in PROBES else (404, b'{"detail": "not found"}')
         start_response(f"{code} {HTTPStatus(code).phrase}",
                        [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
         return [body]

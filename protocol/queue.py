@@ -18,6 +18,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import redis
+from redis.backoff import ExponentialBackoff, NoBackoff
+from redis.exceptions import BusyLoadingError, ConnectionError, TimeoutError
+from redis.retry import Retry
 
 from protocol.codec import DecodeError, decode_group, encode_group
 from protocol.schema import Group
@@ -46,9 +49,38 @@ class QueueFull(TimeoutError):
     """The backlog stayed above its bound for the whole wait."""
 
 
-def connect(url: str) -> redis.Redis:
-    """A client for the queue: binary-safe (payloads are bytes), with a health check."""
-    return redis.Redis.from_url(url, decode_responses=False, health_check_interval=30)
+RETRY_CAP_S = 5.0
+"""Longest wait between two attempts to reach Redis."""
+
+
+def connect(url: str, retry_forever: bool = True) -> redis.Redis:
+    """A client for the queue: binary-safe (payloads are bytes), with a health check.
+
+    Every command is retried on a lost connection with exponential backoff capped at RETRY_CAP_S,
+    forever: a Redis restart (AOF keeps the streams) pauses the parts, it does not end them. The
+    timeouts make a dead link an error to retry instead of a hang. A retried write may have landed
+    the first time (XADD): groups are deduplicated by id downstream, so that is at-least-once, not
+    a loss. `retry_forever=False` is for probes that must answer at once.
+    """
+    retry = Retry(ExponentialBackoff(cap=RETRY_CAP_S, base=0.05), -1 if retry_forever else 0)
+    return redis.Redis.from_url(url, decode_responses=False, health_check_interval=30,
+                                socket_connect_timeout=5, socket_timeout=15, socket_keepalive=True,
+                                retry=retry, retry_on_error=[ConnectionError, TimeoutError, BusyLoadingError])
+
+
+def reachable(client: redis.Redis) -> bool:
+    """One PING without retries (readiness probes): False while Redis is away."""
+    # Its own pool: the client's connections carry its retry-forever policy.
+    pool = client.connection_pool
+    kwargs = {**pool.connection_kwargs, "retry": Retry(NoBackoff(), 0), "socket_timeout": 2,
+              "socket_connect_timeout": 2}
+    probe = redis.Redis(connection_pool=redis.ConnectionPool(connection_class=pool.connection_class, **kwargs))
+    try:
+        return bool(probe.ping())
+    except (redis.RedisError, OSError):
+        return False
+    finally:
+        probe.close()
 
 
 def pending_count(client: redis.Redis, stream: str, group: str) -> int:
@@ -110,11 +142,14 @@ class StreamProducer:
     def produce(self, groups: Sequence[Group], timeout: float | None = None) -> list[bytes]:
         return self.produce_raw([encode_group(g) for g in groups], timeout=timeout)
 
-    def produce_raw(self, payloads: Sequence[bytes], timeout: float | None = None) -> list[bytes]:
+    def produce_raw(self, payloads: Sequence[bytes], timeout: float | None = None,
+                    stop: Callable[[], bool] | None = None) -> list[bytes]:
+        """Wait for room, then append; once `stop()` is true it appends without waiting (a shutdown
+        writing out what it must not lose)."""
         if not payloads:
             return []
         self.backpressure.wait(needed=min(len(payloads), self.backpressure.max_backlog),
-                               timeout=timeout)
+                               timeout=timeout, stop=stop)
         pipe = self.client.pipeline(transaction=False)
         for p in payloads:
             pipe.xadd(self.stream, {FIELD: p})
@@ -153,6 +188,16 @@ class StreamConsumer:
 
     def read(self, count: int = 64, block_ms: int = 1000) -> list[Entry]:
         """Up to `count` entries: first any reclaimed from dead consumers, then new ones."""
+        try:
+            return self._read(count, block_ms)
+        except redis.ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            # Redis came back without the stream (restarted without persistence): start it again.
+            self.ensure_group()
+            return self._read(count, block_ms)
+
+    def _read(self, count: int, block_ms: int) -> list[Entry]:
         out: list[Entry] = []
         now = time.monotonic()
         if now - self._last_reclaim >= self.reclaim_every_s:

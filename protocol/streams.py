@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 
 @dataclass(frozen=True)
@@ -20,6 +20,22 @@ class RunKeys:
     def scored(self) -> str:
         """Scored groups: reward workers -> learner."""
         return f"ringrl:{self.run}:scored"
+
+    @property
+    def returned(self) -> str:
+        """Prompts a stopping rollout server accepted but did not turn into groups (JSON), for the
+        driver to resubmit."""
+        return f"ringrl:{self.run}:returned"
+
+    @property
+    def plan(self) -> str:
+        """Hash the services-mode driver writes: the stage the learner trains and its last step."""
+        return f"ringrl:{self.run}:plan"
+
+    @property
+    def steps(self) -> str:
+        """One entry per learner step: its metrics (JSON), for the services-mode driver's log."""
+        return f"ringrl:{self.run}:steps"
 
     @property
     def weights(self) -> str:
@@ -42,3 +58,22 @@ LEARNER_GROUP = "learner"
 def dead_letter(stream: str) -> str:
     """Where entries of `stream` that cannot be decoded go, with the reason."""
     return f"{stream}:dead"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the services-mode driver tells the learner: train `stage`'s groups (others are
+    counted stale) with its budget and lr, up to step `until_step`."""
+
+    stage: str
+    until_step: int
+    token_budget: int
+    lr: float
+
+    def to_redis(self) -> dict[str, str]:
+        return {k: str(v) for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_redis(cls, raw: dict[bytes, bytes]) -> "Plan":
+        f = {k.decode(): v.decode() for k, v in raw.items()}
+        return cls(f["stage"], int(f["until_step"]), int(f["token_budget"]), float(f["lr"]))

@@ -45,7 +45,7 @@ def stage_run_config(cfg: TrainConfig, stage: StageConfig, model_path: str, redi
                      port: int, out_dir: Path) -> RunConfig:
     """The service sections of the run, specialised to this stage (its own checkpoints: a stage
     never resumes from the one before)."""
-    base = RunConfig.model_validate(cfg.model_dump(include=set(RunConfig.model_fields)))
+    base = cfg.services()
     learner = base.learner.model_copy(update=dict(
         model_path=model_path, token_budget=stage.token_budget, lr=stage.lr,
         warmup_steps=stage.warmup_steps, broadcast_port=port, broadcast_world_size=2,

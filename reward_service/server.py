@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, HTTPException
 from fastapi.responses import JSONResponse
@@ -68,5 +69,14 @@ def create_app(config: RewardConfig, scorer: Scorer | None = None) -> FastAPI:
         return ScoreResponse(results=[ScoreResult(reward=reward_of(v), status=v.status,
                                                   detail=v.detail) for v in verdicts])
 
-    mount_observability(app, scorer.registry, scorer.health)
+    def health() -> dict[str, Any]:
+        status = scorer.health()
+        extra = getattr(app.state, "extra_health", None)  # set by the service: its stream workers
+        if extra is not None:
+            more = extra()
+            status = {**status, **more, "ok": status["ok"] and more["ok"],
+                      "ready": status["ok"] and more.get("ready", more["ok"])}
+        return status
+
+    mount_observability(app, scorer.registry, health)
     return app

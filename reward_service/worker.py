@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import Counter
@@ -11,6 +12,8 @@ from protocol.config.redis import RedisConfig
 from protocol.queue import Backpressure, StreamConsumer, connect
 from protocol.streams import LEARNER_GROUP, REWARD_GROUP, RunKeys
 from reward_service.scorer import Item, Scorer, reward_of
+
+log = logging.getLogger("ringrl.reward")
 
 
 class RewardWorker:
@@ -56,7 +59,8 @@ class RewardWorker:
 
     def run(self) -> None:
         while not self._stop.is_set():
-            self.step()
+            if self.step():
+                log.info("%s: scored and forwarded a batch; %s", self.name, dict(self._stats))
 
     def stop(self) -> None:
         self._stop.set()
@@ -74,21 +78,30 @@ def uid_offset(index: int, slots: int) -> int:
 
 
 def main(config_json: str, index: int) -> None:
-    """Entry of one stream-worker process (services mode); ends cleanly on SIGTERM/SIGINT."""
-    import signal
+    """Entry of one stream-worker process (services mode). SIGTERM/SIGINT end it after the batch
+    in hand; an error restarts the loop (Supervisor); a loop that keeps failing exits 1, and the
+    reward service restarts the process."""
+    import sys
 
     from protocol.config import RunConfig
     from protocol.metrics import serve_observability
+    from protocol.serving import setup_logging, stop_on_signals
+    from protocol.supervise import Supervisor
 
+    setup_logging()
     cfg = RunConfig.model_validate_json(config_json)
     scorer = Scorer(cfg.reward, uid_offset=uid_offset(index, cfg.reward.code_concurrency))
     worker = RewardWorker(scorer, cfg.redis, cfg.run.name, f"reward-{index}")
-    signal.signal(signal.SIGTERM, lambda *_: worker.stop())
-    signal.signal(signal.SIGINT, lambda *_: worker.stop())
+    supervisor = Supervisor(stop=worker._stop)
+    stop_on_signals(worker._stop)
     if cfg.reward.metrics_port:
-        serve_observability(scorer.registry, scorer.health, cfg.reward.host,
-                            cfg.reward.metrics_port + index)
+        serve_observability(scorer.registry, lambda: {**scorer.health(), **supervisor.health()},
+                            cfg.reward.host, cfg.reward.metrics_port + index)
+    supervisor.start(f"reward-worker-{index}", worker.run)
     try:
-        worker.run()
+        while not worker._stop.wait(0.5) and supervisor.failed is None:
+            pass
+        supervisor.join(60)
     finally:
         scorer.close()
+    sys.exit(1 if supervisor.failed else 0)

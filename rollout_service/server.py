@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import queue
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -18,8 +20,10 @@ from protocol.transport import WeightError, WeightVersion
 from protocol.transport.broadcast import BroadcastReceiver
 from protocol.transport.http_pull import HttpReceiver
 from rollout_service.engine import Engine, InvalidRequest, Sampling
-from rollout_service.streaming import Prompt, Rollouts
+from rollout_service.streaming import Prompt, Rollouts, Stopping
 from rollout_service.weights import load_version
+
+log = logging.getLogger("ringrl.rollout")
 
 
 class RolloutRequest(BaseModel):
@@ -77,8 +81,10 @@ def _error(status: int, field: str, message: str) -> JSONResponse:
 
 
 def create_app(engine: Engine, rollouts: Rollouts | None = None,
-               served_model_name: str | None = None, weight_backend: str = "gloo") -> FastAPI:
-    """The rollout API over one engine; without `rollouts` (no Redis) POST /v1/rollouts is 503."""
+               served_model_name: str | None = None, weight_backend: str = "gloo",
+               health: Callable[[], dict[str, Any]] | None = None) -> FastAPI:
+    """The rollout API over one engine; without `rollouts` (no Redis) POST /v1/rollouts is 503.
+    `health` (default: the engine's and the loop's) answers /healthz and /readyz."""
     app = FastAPI(title="ringrl rollout service", version="1",
                   description="vLLM generation for RL: groups into Redis, OpenAI completions, "
                               "versioned weight updates.")
@@ -120,6 +126,9 @@ def create_app(engine: Engine, rollouts: Rollouts | None = None,
             except queue.Full:
                 return _error(429, "prompts", f"{len(ids)} of {len(req.prompts)} accepted "
                                               f"({ids}); the pending queue is full, retry later")
+            except Stopping:
+                return _error(503, "prompts", f"{len(ids)} of {len(req.prompts)} accepted "
+                                              f"({ids}); the server is shutting down")
         return RolloutAccepted(group_ids=ids, version=engine.version)
 
     @app.post("/v1/completions")
@@ -170,19 +179,21 @@ def create_app(engine: Engine, rollouts: Rollouts | None = None,
         # A broadcast is loaded as it lands (no second copy of the model); the learner waits for it.
         version, seconds = (load_version(engine, group, record, buffer=False) if b is not None
                             else load_version(engine, pull, record))
+        log.info("weights: loaded version %d in %.2fs (%s)", version, seconds,
+                 "broadcast" if b is not None else "pull")
         if version != req.version:  # loaded regardless: the learner sent what it has
             return _error(409, "version", f"asked for {req.version}, learner broadcast {version}")
         return WeightsState(version=engine.version, checksum=engine.checksum,
                             updated_at=engine.updated_at, update_seconds=seconds)
 
-    def health() -> dict[str, Any]:
+    def default_health() -> dict[str, Any]:
         status = engine.health()
         if rollouts is not None:
             loop = rollouts.health()
             status = {**status, "ok": status["ok"] and loop["ok"], "rollouts": loop}
         return status
 
-    mount_observability(app, engine.metrics.registry, health)
+    mount_observability(app, engine.metrics.registry, health or default_health)
     return app
 
 

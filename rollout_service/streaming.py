@@ -3,6 +3,7 @@ to the rollouts stream the moment its last response finishes (no batch barrier).
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
@@ -16,7 +17,10 @@ from protocol.config.rollout import RolloutConfig
 from protocol.queue import Backpressure, StreamProducer
 from protocol.schema import Group, Reference, Response, TaskKind
 from protocol.streams import LEARNER_GROUP, RunKeys
+from protocol.supervise import Supervisor
 from rollout_service.engine import Engine, InvalidRequest, Sampling
+
+log = logging.getLogger("ringrl.rollout")
 
 
 class Prompt(BaseModel):
@@ -32,7 +36,7 @@ class Prompt(BaseModel):
     sampling: Sampling = Field(default_factory=Sampling, description="Sampling overrides.")
 
     @model_validator(mode="after")
-    def _has_prompt(self) -> "Prompt":
+    def _has_prompt(self) -> Prompt:
         if not self.prompt and not self.prompt_token_ids:
             raise ValueError("prompt: give a non-empty prompt or prompt_token_ids")
         if self.reference.kind != self.task.value:
@@ -48,57 +52,83 @@ class Gate:
         self.backpressure = Backpressure(client, [keys.rollouts, keys.scored], max_backlog,
                                          custody=(keys.scored, LEARNER_GROUP))
 
-    def learner_bound(self) -> tuple[int, int] | None:
-        """(learner version, its staleness bound) from the learner's state hash; None before it starts.
+    def learner(self) -> dict[str, int] | None:
+        """The learner's version, staleness bound and group counters; None before it starts.
 
         The bound is the learner's own setting, read from it, so the two sides cannot disagree.
         """
-        version, bound = self.client.hmget(self.keys.learner_state, ["version", "max_staleness"])
-        return None if version is None or bound is None else (int(version), int(bound))
+        fields = ["version", "max_staleness", "groups_in", "steps"]
+        values = self.client.hmget(self.keys.learner_state, fields)
+        if values[0] is None or values[1] is None:
+            return None
+        return {k: int(v or 0) for k, v in zip(fields, values)}
 
-    def reason(self) -> str | None:
-        if self.backpressure.backlog() >= self.backpressure.max_backlog:
+    def reason(self, inflight: int = 0) -> str | None:
+        """`inflight`: groups this server is generating, not yet in the stream."""
+        backlog = self.backpressure.backlog()
+        if backlog >= self.backpressure.max_backlog:
             return "backlog"
-        learner = self.learner_bound()
-        if learner is not None and self.engine.version - learner[0] > learner[1]:
+        learner = self.learner()
+        if learner is None:
+            return None
+        bound, lag = learner["max_staleness"], learner["version"] - self.engine.version
+        if abs(lag) > bound:  # behind: what it generates now is dropped on arrival
             return "staleness"
+        # A group admitted now trains after the groups ahead of it: at the learner's recent rate of
+        # groups per step, that is `ahead / per_step` steps later. Admit only while it will still be
+        # within the bound, so the data's age does not depend on how fast prompts are fed.
+        if learner["steps"]:
+            per_step = learner["groups_in"] / learner["steps"]
+            if backlog + inflight >= max(1.0, (bound - max(lag, 0)) * per_step):
+                return "staleness"
         return None
 
 
 class Rollouts:
     """The streaming loop of one engine into the run's rollouts stream.
 
-    `submit` accepts prompts at once (up to max_pending_prompts); an admission thread starts
-    them while the gate is open and fewer than max_inflight_groups are generating; a writer
-    thread appends each finished group to the stream as soon as it completes.
+    `submit` accepts prompts at once (up to max_pending_prompts); an admission loop starts them while
+    the gate is open and fewer than max_inflight_groups are generating; a writer loop appends each
+    finished group to the stream as soon as it completes. Both run under `supervisor`: an error is
+    logged and the loop restarts where it was (the batch it held is kept). `stop(drain_s)` refuses
+    new prompts, lets the groups in flight finish for up to `drain_s`, writes them, and hands the
+    rest back (the `returned` stream) so that nothing accepted is lost.
     """
 
     def __init__(self, engine: Engine, client: redis.Redis, run: str, config: RolloutConfig,
-                 max_backlog: int = 4096) -> None:
+                 max_backlog: int = 4096, supervisor: Supervisor | None = None) -> None:
         self.engine, self.client, self.config = engine, client, config
         self.keys = RunKeys(run)
         self.metrics = engine.metrics
         self.gate = Gate(client, self.keys, max_backlog, engine)
         self.producer = StreamProducer(client, self.keys.rollouts, max_backlog)
+        self.supervisor = supervisor or Supervisor()
         self._pending: queue.Queue[tuple[Group, Prompt, float]] = queue.Queue(config.max_pending_prompts)
         self._finished: queue.Queue[Group] = queue.Queue()
         self._slots = threading.Semaphore(config.max_inflight_groups)
-        self._stop = threading.Event()
+        self._stop = threading.Event()  # admission ends
+        self._closing = threading.Event()  # submit refuses
         self._lock = threading.Lock()
-        self._active = 0  # submitted, group not yet written
+        self._admitting: list[tuple[Group, Prompt, float]] = []  # taken from _pending, not yet started
+        self._unwritten: list[Group] = []  # taken from _finished, not yet in the stream
+        self._inflight: dict[str, tuple[Group, Prompt]] = {}  # started, group not yet finished
+        self._active = 0  # submitted, group not yet written (or handed back)
         self.written = 0
         self.tokens_written = 0
-        self.error: BaseException | None = None
-        self._threads = [threading.Thread(target=self._guard, args=(f,), daemon=True, name=n)
-                         for f, n in ((self._admit_loop, "rollout-admit"), (self._write_loop, "rollout-write"))]
-        for t in self._threads:
-            t.start()
+        self.handed_back = 0
+        self.failed = 0
+        self.supervisor.start("rollout-admit", self._admit_loop)
+        self._writer_stop = threading.Event()
+        self.supervisor.start("rollout-write", self._write_loop)
 
     # ---- public API ---------------------------------------------------------------------
 
     def submit(self, prompt: Prompt, block: bool = False, timeout: float | None = None) -> str:
         """Queue one prompt; returns the id its group will carry. Raises InvalidRequest for input
-        the engine refuses, queue.Full when max_pending_prompts are already waiting (block=False)."""
+        the engine refuses, queue.Full when max_pending_prompts are already waiting (block=False),
+        Stopping once the server is shutting down."""
+        if self._closing.is_set():
+            raise Stopping("the rollout server is shutting down")
         ids = prompt.prompt_token_ids or self.engine.encode(prompt.prompt or "")
         group = Group(prompt_id=prompt.prompt_id, task=prompt.task, stage=prompt.stage,
                       prompt_text=prompt.prompt or "", prompt_token_ids=ids,
@@ -134,8 +164,8 @@ class Rollouts:
         """True once every submitted prompt's group is in the stream."""
         end = None if timeout is None else time.monotonic() + timeout
         while self._active:
-            if self.error is not None:
-                raise RuntimeError(f"rollout loop stopped: {self.error}")
+            if self.supervisor.failed is not None:
+                raise RuntimeError(f"rollout loop stopped: {self.supervisor.failed}")
             if end is not None and time.monotonic() >= end:
                 return False
             time.sleep(0.01)
@@ -143,16 +173,34 @@ class Rollouts:
 
     def stats(self) -> dict[str, int]:
         return {"pending": self._pending.qsize(), "active": self._active, "written": self.written,
-                "tokens_written": self.tokens_written, "version": self.engine.version}
+                "tokens_written": self.tokens_written, "handed_back": self.handed_back,
+                "failed": self.failed, "version": self.engine.version}
 
     def health(self) -> dict[str, object]:
-        return {"ok": self.error is None, **self.stats(),
-                **({"error": f"{type(self.error).__name__}: {self.error}"} if self.error else {})}
+        return {**self.supervisor.health(), **self.stats()}
 
-    def stop(self) -> None:
+    def stop(self, drain_s: float = 0.0) -> None:
+        """Refuse new prompts; hand back those not started; give the groups generating `drain_s`
+        to finish and be written; hand back what is still unfinished; stop the loops."""
+        self._closing.set()
         self._stop.set()
-        for t in self._threads:
-            t.join(10)
+        for t in self.supervisor.threads:
+            if t.name == "rollout-admit":
+                t.join(10)
+        with self._lock:
+            waiting = self._admitting + _drain_queue(self._pending)
+            self._admitting = []
+        self._hand_back([(g, p) for g, p, _ in waiting])
+        end = time.monotonic() + drain_s
+        while self._inflight and time.monotonic() < end:
+            time.sleep(0.05)
+        with self._lock:
+            unfinished, self._inflight = list(self._inflight.values()), {}
+        self._hand_back(unfinished)
+        self._writer_stop.set()
+        for t in self.supervisor.threads:
+            if t.name == "rollout-write":
+                t.join(60)
 
     # ---- internals ----------------------------------------------------------------------
 
@@ -164,70 +212,109 @@ class Rollouts:
             raise InvalidRequest("max_tokens", f"prompt ({len(ids)}) + max_tokens ({max_tokens}) "
                                                f"exceeds the model context ({self.engine.max_model_len})")
 
-    def _guard(self, target: object) -> None:
-        try:
-            target()  # type: ignore[operator]
-        except BaseException as exc:  # keep the reason for /healthz; the loop is dead
-            self.error = exc
-            raise
+    def _hand_back(self, items: list[tuple[Group, Prompt]]) -> None:
+        if not items:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for group, prompt in items:
+            pipe.xadd(self.keys.returned, {b"prompt": prompt.model_dump_json(), b"group_id": group.group_id})
+        pipe.execute()
+        with self._lock:
+            self._active -= len(items)
+            self.handed_back += len(items)
+        log.warning("handed back %d prompts to %s", len(items), self.keys.returned)
 
     def _wait_gate(self) -> None:
-        reason = self.gate.reason()
+        reason = self.gate.reason(len(self._inflight))
         while reason is not None and not self._stop.is_set():
             self.metrics.paused.labels(reason).set(1)
             time.sleep(self.config.poll_s)
-            reason = self.gate.reason()
+            reason = self.gate.reason(len(self._inflight))
         for r in ("backlog", "staleness"):
             self.metrics.paused.labels(r).set(0)
 
     def _admit_loop(self) -> None:
         while not self._stop.is_set():
-            try:
-                batch = [self._pending.get(timeout=0.1)]
-            except queue.Empty:
-                continue
-            # Whatever else is waiting is admitted in the same pass (one gate check), so the
-            # engine's first step already batches them instead of ramping up prompt by prompt.
-            while len(batch) < self.config.max_inflight_groups:
+            if not self._admitting:  # after a restart, the batch taken before the error comes first
                 try:
-                    batch.append(self._pending.get_nowait())
+                    first = self._pending.get(timeout=0.1)
                 except queue.Empty:
-                    break
+                    continue
+                # Whatever else is waiting is admitted in the same pass (one gate check), so the
+                # engine's first step already batches them instead of ramping up prompt by prompt.
+                with self._lock:
+                    self._admitting = [first] + _drain_queue(self._pending, self.config.max_inflight_groups - 1)
             self._wait_gate()
-            for group, prompt, queued_at in batch:
-                while not self._slots.acquire(timeout=0.1):
-                    if self._stop.is_set():
-                        return
+            while self._admitting and not self._stop.is_set():
+                group, prompt, queued_at = self._admitting[0]
+                if not self._slots.acquire(timeout=0.1):
+                    continue
                 self.metrics.queue_wait.observe(time.monotonic() - queued_at)
-                future = self.engine.submit(group.prompt_token_ids, prompt.n, prompt.sampling)
+                with self._lock:
+                    self._inflight[group.group_id] = (group, prompt)
+                    self._admitting.pop(0)
+                try:
+                    future = self.engine.submit(group.prompt_token_ids, prompt.n, prompt.sampling)
+                except BaseException:
+                    with self._lock:  # not started after all: it goes back to the head of the batch
+                        self._inflight.pop(group.group_id, None)
+                        self._admitting.insert(0, (group, prompt, queued_at))
+                    self._slots.release()
+                    raise
                 future.add_done_callback(lambda f, g=group: self._finish(g, f))
             self.metrics.pending.set(self._pending.qsize())
 
     def _finish(self, group: Group, future: object) -> None:
         self._slots.release()
+        with self._lock:
+            mine = self._inflight.pop(group.group_id, None)
+        if mine is None:  # handed back while it ran (shutdown past the drain deadline)
+            return
         try:
             responses: list[Response] = future.result()  # type: ignore[attr-defined]
-        except BaseException as exc:  # engine died: nothing to write, surface it
-            self.error = exc
+        except BaseException as exc:
+            if self.engine.error is not None:  # the engine is gone: the process must be replaced
+                self._hand_back([mine])
+                self.supervisor.give_up(f"engine: {type(exc).__name__}: {exc}")
+                return
+            log.error("group %s failed in the engine (%s: %s); handed back", group.group_id,
+                      type(exc).__name__, exc)
+            self.failed += 1
+            self._hand_back([mine])
             return
         group.responses = responses
         group.finished_at = time.time()
         self._finished.put(group)
 
     def _write_loop(self) -> None:
-        while not self._stop.is_set() or not self._finished.empty():
-            try:
-                batch = [self._finished.get(timeout=0.1)]
-            except queue.Empty:
-                continue
-            while True:  # whatever else finished meanwhile goes in the same pipeline
+        while not (self._writer_stop.is_set() and self._finished.empty() and not self._unwritten):
+            if not self._unwritten:  # after a restart, the batch taken before the error comes first
                 try:
-                    batch.append(self._finished.get_nowait())
+                    first = self._finished.get(timeout=0.1)
                 except queue.Empty:
-                    break
-            self.producer.produce_raw([encode_group(g) for g in batch])
+                    continue
+                self._unwritten = [first] + _drain_queue(self._finished)
+            batch = self._unwritten
+            # While draining, what is finished goes in even above the backlog bound (by at most the
+            # groups that were in flight): the alternative is losing it.
+            self.producer.produce_raw([encode_group(g) for g in batch], stop=self._writer_stop.is_set)
+            self._unwritten = []
             self.metrics.groups.inc(len(batch))
             with self._lock:
                 self._active -= len(batch)
                 self.written += len(batch)
                 self.tokens_written += sum(len(r.token_ids) for g in batch for r in g.responses)
+
+
+class Stopping(RuntimeError):
+    """The server is shutting down and takes no more prompts."""
+
+
+def _drain_queue(q: queue.Queue, limit: int | None = None) -> list:
+    out: list = []
+    while limit is None or len(out) < limit:
+        try:
+            out.append(q.get_nowait())
+        except queue.Empty:
+            break
+    return out

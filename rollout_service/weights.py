@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import logging
-import threading
 
 import redis
 
 from protocol.streams import RunKeys
+from protocol.supervise import Supervisor
 from protocol.transport import WeightError, WeightReceiver, WeightVersion
 from protocol.transport.http_pull import HttpReceiver
 from rollout_service.engine import Engine
+
+log = logging.getLogger("ringrl.rollout")
 
 
 def load_version(engine: Engine, receiver: WeightReceiver, record: WeightVersion,
@@ -26,16 +28,15 @@ def load_version(engine: Engine, receiver: WeightReceiver, record: WeightVersion
     return got.version, engine.update_weights(lambda: got.tensors, got.version, got.checksum)
 
 
-def follow_weights(engine: Engine, client: redis.Redis, keys: RunKeys) -> threading.Thread:
-    """Pull every version the learner publishes (and the current one, for a late joiner).
+def follow_weights(engine: Engine, client: redis.Redis, keys: RunKeys, supervisor: Supervisor) -> None:
+    """Pull every version the learner publishes (and the current one, for a late joiner), as a
+    supervised loop.
 
     The learner writes the WeightVersion record to the `keys.weights` hash and PUBLISHes on the
-    channel of the same name; the message is only a wake-up, the hash is the truth.
+    channel of the same name; the message is only a wake-up, the hash is the truth, so a missed
+    message (Redis restarted, link cut) costs at most one poll interval.
     """
-    log = logging.getLogger("ringrl.rollout.weights")
     receiver = HttpReceiver()
-    pubsub = client.pubsub(ignore_subscribe_messages=True)
-    pubsub.subscribe(keys.weights)
 
     def catch_up() -> None:
         raw = client.hgetall(keys.weights)
@@ -44,18 +45,22 @@ def follow_weights(engine: Engine, client: redis.Redis, keys: RunKeys) -> thread
         record = WeightVersion.from_redis(raw)
         if record.version > engine.version:
             _, seconds = load_version(engine, receiver, record)
-            log.info("loaded weight version %d in %.2fs", record.version, seconds)
+            log.info("weights: loaded version %d in %.2fs", record.version, seconds)
 
     def run() -> None:
-        while True:
-            try:
-                catch_up()
-            except WeightError as exc:  # a bad publication: report, keep serving the old version
-                log.error("weight version not loaded: %s", exc)
-            if engine.error is not None:
-                return
-            pubsub.get_message(timeout=5.0)
+        pubsub = client.pubsub(ignore_subscribe_messages=True)
+        pubsub.subscribe(keys.weights)
+        try:
+            while not supervisor.stop.is_set():
+                try:
+                    catch_up()
+                except WeightError as exc:  # a bad publication: report, keep serving the old version
+                    log.error("weights: version not loaded: %s", exc)
+                if engine.error is not None:
+                    supervisor.give_up(f"engine: {engine.error}")
+                    return
+                pubsub.get_message(timeout=5.0)
+        finally:
+            pubsub.close()
 
-    thread = threading.Thread(target=run, daemon=True, name="rollout-follow-weights")
-    thread.start()
-    return thread
+    supervisor.start("rollout-follow-weights", run)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 from pathlib import Path
 from typing import Optional
 
@@ -16,8 +15,8 @@ def register(app: typer.Typer, serve: typer.Typer) -> None:
         consumer: str = typer.Option("learner-0", help="Consumer name within the learner group."),
     ) -> None:
         """Train on scored groups (C3PO), publish weights, checkpoint; SIGTERM stops after a checkpoint."""
-        from cli.errors import fail, load_or_fail
-        cfg = load_or_fail(config)
+        from cli.errors import fail, load_service_config
+        cfg = load_service_config(config)
         if not cfg.redis.url:
             fail("redis.url is required: the learner consumes the run's scored stream")
         import threading
@@ -35,11 +34,19 @@ def register(app: typer.Typer, serve: typer.Typer) -> None:
                 session.join_broadcast(cfg.learner.broadcast_world_size)
         except (ValueError, OSError) as exc:
             fail(str(exc).splitlines()[0])
+        import logging
+
+        from protocol.serving import setup_logging, stop_on_signals
+
+        setup_logging()
         stop = threading.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: stop.set())
+        stop_on_signals(stop)
         typer.echo(f"learner: version {session.learner.version}, weights at {session.server.base_url}")
         try:
             session.run(stop)
+        except Exception as exc:  # the step loop is not restarted in place: exit, resume from the checkpoint
+            logging.getLogger("ringrl.learner").critical("step loop failed; exiting 1 (the next start "
+                                                        "resumes from the newest checkpoint)", exc_info=exc)
+            raise typer.Exit(1) from None
         finally:
             session.close()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import multiprocessing as mp
 from pathlib import Path
 from typing import Optional
 
@@ -16,9 +15,10 @@ def register(app: typer.Typer, serve: typer.Typer) -> None:
         http: bool = typer.Option(True, help="Serve POST /v1/score on reward.host:reward.port."),
         workers: Optional[int] = typer.Option(None, help="Stream workers (default reward.workers)."),
     ) -> None:
-        """Score responses: HTTP API and/or workers consuming the run's rollouts stream."""
-        from cli.errors import fail, load_or_fail
-        cfg = load_or_fail(config)
+        """Score responses: HTTP API and/or workers consuming the run's rollouts stream. A dead
+        worker is restarted; SIGTERM stops every worker after the batch it holds."""
+        from cli.errors import fail, load_service_config
+        cfg = load_service_config(config)
         # Without a Redis URL the default is the HTTP server alone; asking for workers is an error.
         n = (cfg.reward.workers if cfg.redis.url else 0) if workers is None else workers
         if n < 0:
@@ -27,29 +27,26 @@ def register(app: typer.Typer, serve: typer.Typer) -> None:
             fail("redis.url is required for stream workers (or pass --workers 0)")
         if not http and not n:
             fail("nothing to run: --no-http and 0 workers")
+        from protocol.serving import serve, setup_logging, shutdown_self
+        from protocol.supervise import Supervisor
         from reward_service.sandbox import SandboxUnavailable
-        from reward_service.worker import main as worker_main
+        from reward_service.service import build_pool
 
-        ctx = mp.get_context("spawn")
-        procs = [ctx.Process(target=worker_main, args=(cfg.model_dump_json(), i), daemon=False)
-                 for i in range(n)]
-        for p in procs:
-            p.start()
-        try:
-            if http:
-                import uvicorn
+        setup_logging()
+        if http:
+            from reward_service.server import create_app
+            try:
+                app = create_app(cfg.reward)
+            except SandboxUnavailable as exc:
+                fail(f"{exc} (set reward.sandbox.backend)")
+        supervisor = Supervisor(on_give_up=shutdown_self)
+        pool, pool_health = build_pool(cfg, n, supervisor)
+        if http:
+            app.state.extra_health = pool_health  # the workers' health is the service's
+            raise typer.Exit(serve(app, cfg.reward.host, cfg.reward.port, supervisor, pool.stop))
+        from protocol.serving import stop_on_signals
 
-                from reward_service.server import create_app
-                try:
-                    app = create_app(cfg.reward)
-                except SandboxUnavailable as exc:
-                    fail(f"{exc} (set reward.sandbox.backend)")
-                uvicorn.run(app, host=cfg.reward.host, port=cfg.reward.port, log_level="info")
-            else:
-                for p in procs:
-                    p.join()
-        finally:
-            for p in procs:
-                p.terminate()
-            for p in procs:
-                p.join(30)
+        stop_on_signals(supervisor.stop)  # each worker serves its own /healthz (reward.metrics_port)
+        supervisor.stop.wait()
+        pool.stop()
+        raise typer.Exit(1 if supervisor.failed else 0)

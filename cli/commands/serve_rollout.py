@@ -14,38 +14,21 @@ def register(app: typer.Typer, serve: typer.Typer) -> None:
         config: Optional[Path] = typer.Argument(None, help="Run config (YAML); defaults if omitted."),
         model: Optional[str] = typer.Option(None, help="Model folder (default rollout.model)."),
     ) -> None:
-        """Generate: POST /v1/rollouts into the run's stream, /v1/completions, /v1/weights."""
-        from cli.errors import fail, load_or_fail
-        cfg = load_or_fail(config)
+        """Generate: POST /v1/rollouts into the run's stream, /v1/completions, /v1/weights.
+        SIGTERM drains the groups in flight (rollout.drain_s) and hands the rest back."""
+        from cli.errors import fail, load_service_config
+        cfg = load_service_config(config)
         path = model or cfg.rollout.model
         if not path:
             fail("rollout.model is empty: set it in the config or pass --model")
         if not Path(path).is_dir():
             fail(f"rollout.model: {path} is not a model folder")
-        import uvicorn
+        from protocol.serving import serve, setup_logging
+        from rollout_service.service import build
 
-        from protocol.queue import connect
-        from protocol.streams import RunKeys
-        from rollout_service.engine import Engine
-        from rollout_service.server import create_app
-        from rollout_service.streaming import Rollouts
-        from rollout_service.weights import follow_weights
-
-        engine = Engine(path, cfg.rollout)
-        rollouts = None
-        if cfg.redis.url:
-            client = connect(cfg.redis.url)
-            rollouts = Rollouts(engine, client, cfg.run.name, cfg.rollout, cfg.redis.max_backlog)
-            if cfg.rollout.follow_weights and cfg.learner.weight_transport == "http":
-                follow_weights(engine, client, RunKeys(cfg.run.name))
-            elif cfg.rollout.follow_weights:
-                # Pulling as well would move the engine past the version the learner broadcasts next.
-                typer.echo("rollout.follow_weights: off with learner.weight_transport: broadcast "
-                           "(versions arrive through POST /v1/weights)")
+        setup_logging()
         try:
-            uvicorn.run(create_app(engine, rollouts, weight_backend=cfg.learner.broadcast_backend),
-                        host=cfg.rollout.host, port=cfg.rollout.port, log_level="info")
-        finally:
-            if rollouts is not None:
-                rollouts.stop()
-            engine.close()
+            app, supervisor, cleanup = build(cfg, path)
+        except ValueError as exc:  # vLLM's refusal of the engine settings (e.g. max_model_len)
+            fail(f"rollout: {str(exc).splitlines()[0]}")
+        raise typer.Exit(serve(app, cfg.rollout.host, cfg.rollout.port, supervisor, cleanup))

@@ -15,8 +15,10 @@ class RolloutConfig(Section):
         description="Name /v1/completions answers to (the model folder path is accepted too).")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         default="auto", description="Engine dtype; 'auto' takes the checkpoint's.")
-    max_model_len: int = Field(
-        default=2048, gt=0, description="Context length (prompt + response) the engine is built for.")
+    max_model_len: int | None = Field(
+        default=None, gt=0,
+        description="Context length (prompt + response) the engine is built for; empty: the model's own "
+                    "(a value above it is refused at start).")
     max_num_seqs: int = Field(
         default=256, gt=0, description="Most sequences the engine batches at once.")
     enforce_eager: bool = Field(
@@ -51,5 +53,10 @@ class RolloutConfig(Section):
     follow_weights: bool = Field(
         default=False,
         description="Subscribe to the run's weights channel and pull each new version by URL.")
+    drain_s: float = Field(
+        default=60.0, ge=0,
+        description="On SIGTERM/SIGINT: seconds the groups already generating get to finish and reach "
+                    "the stream; prompts not started, and groups still unfinished after it, are handed "
+                    "back (the run's `returned` stream) for the driver to resubmit.")
     host: str = Field(default="127.0.0.1", description="Bind address of the rollout HTTP server.")
     port: int = Field(default=8000, ge=0, le=65535, description="Port of the rollout HTTP server.")

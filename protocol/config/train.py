@@ -7,6 +7,7 @@ from pathlib import Path
 from pydantic import Field, model_validator
 
 from protocol.config.base import Section
+from protocol.config.driver import DriverConfig
 from protocol.config.model import ModelSection
 from protocol.config.run import RunSection
 from protocol.config.run_config import RunConfig
@@ -68,8 +69,15 @@ class TrainConfig(RunConfig):
     eval_samples: int = Field(
         default=4, gt=0, description="Sampled responses (T=1) per held-out item for the sampled pass@1 "
                                      "reported next to greedy accuracy.")
+    driver: DriverConfig = Field(default_factory=DriverConfig,
+                                 description="Services mode: the driver that runs the stages (`ringrl serve driver`).")
 
     model_config = {**RunConfig.model_config, "populate_by_name": True}
+
+    def services(self) -> RunConfig:
+        """The service sections alone: what `ringrl serve learner|rollout|reward` run on, so that
+        every part of a deployment can read the same file."""
+        return RunConfig.model_validate(self.model_dump(include=set(RunConfig.model_fields)))
 
     @model_validator(mode="after")
     def _stage_names_unique(self) -> "TrainConfig":

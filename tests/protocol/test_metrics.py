@@ -16,7 +16,10 @@ def test_standalone_server_serves_metrics_and_health() -> None:
     base = f"http://127.0.0.1:{server.server_address[1]}"
     try:
         assert "ringrl_things_total 3.0" in httpx.get(f"{base}/metrics").text
-        assert httpx.get(f"{base}/healthz").json() == {"ok": True}
+        assert httpx.get(f"{base}/healthz").json() == {"ok": True, "ready": True}
+        state["ready"] = False  # alive but not able to serve: liveness 200, readiness 503
+        assert httpx.get(f"{base}/healthz").status_code == 200
+        assert httpx.get(f"{base}/readyz").status_code == 503
         state["ok"] = False
         assert httpx.get(f"{base}/healthz").status_code == 503
         assert httpx.get(f"{base}/nope").status_code == 404
