@@ -24,6 +24,7 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 def setup_logging() -> None:
     """One line per event on stderr, for every ringrl logger (uvicorn keeps its own)."""
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per health poll drowns the rest
 
 
 def stop_on_signals(stop: threading.Event) -> None:

@@ -20,9 +20,10 @@ from recipe.distil import distil, prepare_model
 from recipe.evaluate import Gain, Outcomes, outcomes, paired_gain
 from recipe.local_redis import LocalRedis, start_local_redis
 from recipe.plots import plot_metrics
+from recipe.prompts import stage_items
 from recipe.run_log import RunLog
 from recipe.stage import StageResult, StageRunner
-from recipe.tasks import TaskItem, build_tasks
+from recipe.tasks import build_tasks
 from reward_service.scorer import Scorer
 
 ENGINE_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1",
@@ -72,15 +73,6 @@ def held_out(cfg: TrainConfig, path: str, stage: StageConfig, scorer: Scorer) ->
     tasks = cfg.tasks.model_copy(update={"sources": stage.sources, "held_out_size": cfg.eval_size})
     return outcomes(path, build_tasks(tasks, "held_out", stage_kind(stage)), scorer, samples=cfg.eval_samples,
                     max_new_tokens=stage.max_new_tokens, seed=cfg.run.seed)
-
-
-def stage_items(cfg: TrainConfig, stage: StageConfig) -> tuple[list[TaskItem], list[TaskItem]]:
-    """The stage's train items, then its replay items (built-in sources only)."""
-    # A JSONL file may hold both kinds; a stage trains on its own kind only.
-    items = build_tasks(cfg.tasks.model_copy(update={"sources": stage.sources}), "train", stage_kind(stage))
-    replay = build_tasks(cfg.tasks.model_copy(update={"sources": stage.replay_sources, "train_files": []}),
-                         "train") if stage.replay_sources else []
-    return items, replay
 
 
 def run_stage(cfg: TrainConfig, stage: StageConfig, path: str, version: int, step0: int, redis_url: str,

@@ -19,15 +19,18 @@ LINE_FIELDS = (("reward", "reward {:.3f}"), ("accuracy", "held-out {:.3f}"),
 
 
 class RunLog:
-    def __init__(self, out_dir: Path, console: Console) -> None:
+    def __init__(self, out_dir: Path, console: Console, append: bool = False) -> None:
+        """`append`: continue the log a restarted process left (services-mode driver); otherwise a
+        run starts its own file, as rows of an earlier run in the same folder would be read as this
+        run's (per-step timings across runs)."""
         out_dir.mkdir(parents=True, exist_ok=True)
         self.path = out_dir / "metrics.jsonl"
-        # A run starts its own file: nothing resumes a log, and rows of an earlier run in the same
-        # folder would be read as this run's (per-step timings across runs).
-        self._file = self.path.open("w")
+        self.rows: list[dict[str, Any]] = []
+        if append and self.path.is_file():
+            self.rows = [json.loads(ln) for ln in self.path.read_text().splitlines() if ln.strip()]
+        self._file = self.path.open("a" if append else "w")
         self.tb = TensorBoardLogger(out_dir / "tensorboard")
         self.console = console
-        self.rows: list[dict[str, Any]] = []
 
     def log(self, row: dict[str, Any], line: bool = True) -> None:
         clean = {k: v for k, v in row.items() if not (isinstance(v, float) and not math.isfinite(v))}

@@ -11,11 +11,9 @@ Synchronous mode: generate a round, score it, train, in turn — nothing overlap
 from __future__ import annotations
 
 import itertools
-import random
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +28,7 @@ from protocol.config.train import StageConfig, TrainConfig
 from protocol.queue import Backpressure, connect
 from protocol.streams import LEARNER_GROUP, RunKeys
 from protocol.transport import WeightVersion
+from recipe.prompts import prompt_stream
 from recipe.tasks import TaskItem
 
 
@@ -55,27 +54,6 @@ def stage_run_config(cfg: TrainConfig, stage: StageConfig, model_path: str, redi
         max_inflight_groups=stage.prompts_per_round, max_pending_prompts=stage.prompts_per_round))
     return base.model_copy(update=dict(learner=learner, rollout=rollout,
                                        redis=base.redis.model_copy(update={"url": redis_url})))
-
-
-def _epochs(items: list[TaskItem], rng: random.Random, tag: str) -> Iterator[tuple[str, TaskItem]]:
-    """Items in a fresh shuffled order each epoch, forever, each draw with its own id."""
-    for epoch in itertools.count():
-        order = items[:]
-        rng.shuffle(order)
-        for pos, it in enumerate(order):
-            yield f"{it.id}#{tag}{epoch}.{pos}", it
-
-
-def prompt_stream(items: list[TaskItem], stage: StageConfig, seed: int,
-                  replay: list[TaskItem] | None = None) -> Iterator[dict[str, Any]]:
-    """The stage's train prompts, a `replay_share` of them drawn from `replay` instead."""
-    rng = random.Random(seed)
-    own = _epochs(items, rng, "")
-    old = _epochs(replay, random.Random(seed + 1), "r") if replay else None
-    while True:
-        prompt_id, it = next(old) if old is not None and rng.random() < stage.replay_share else next(own)
-        yield {"prompt_id": prompt_id, "task": it.task.value, "prompt": it.prompt,
-               "reference": it.reference.model_dump(), "stage": stage.name}
 
 
 def free_port() -> int:

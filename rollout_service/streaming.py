@@ -63,6 +63,11 @@ class Gate:
             return None
         return {k: int(v or 0) for k, v in zip(fields, values)}
 
+    def stage(self) -> str | None:
+        """The stage a services-mode driver's plan trains now (None without a driver)."""
+        raw = self.client.hget(self.keys.plan, "stage")
+        return raw.decode() if raw else None
+
     def reason(self, inflight: int = 0) -> str | None:
         """`inflight`: groups this server is generating, not yet in the stream."""
         backlog = self.backpressure.backlog()
@@ -117,6 +122,7 @@ class Rollouts:
         self.tokens_written = 0
         self.handed_back = 0
         self.failed = 0
+        self.dropped_stage = 0  # prompts of a finished stage, never started
         self.supervisor.start("rollout-admit", self._admit_loop)
         self._writer_stop = threading.Event()
         self.supervisor.start("rollout-write", self._write_loop)
@@ -174,6 +180,7 @@ class Rollouts:
     def stats(self) -> dict[str, int]:
         return {"pending": self._pending.qsize(), "active": self._active, "written": self.written,
                 "tokens_written": self.tokens_written, "handed_back": self.handed_back,
+                "dropped_stage": self.dropped_stage,
                 "failed": self.failed, "version": self.engine.version}
 
     def health(self) -> dict[str, object]:
@@ -245,6 +252,7 @@ class Rollouts:
                 with self._lock:
                     self._admitting = [first] + _drain_queue(self._pending, self.config.max_inflight_groups - 1)
             self._wait_gate()
+            self._drop_finished_stages()
             while self._admitting and not self._stop.is_set():
                 group, prompt, queued_at = self._admitting[0]
                 if not self._slots.acquire(timeout=0.1):
@@ -263,6 +271,18 @@ class Rollouts:
                     raise
                 future.add_done_callback(lambda f, g=group: self._finish(g, f))
             self.metrics.pending.set(self._pending.qsize())
+
+    def _drop_finished_stages(self) -> None:
+        """Prompts queued for a stage the driver has moved past would only be trained as stale."""
+        current = self.gate.stage()
+        if current is None:
+            return
+        with self._lock:
+            keep = [a for a in self._admitting if not a[1].stage or a[1].stage == current]
+            dropped = len(self._admitting) - len(keep)
+            self._admitting = keep
+            self._active -= dropped
+            self.dropped_stage += dropped
 
     def _finish(self, group: Group, future: object) -> None:
         self._slots.release()

@@ -14,7 +14,8 @@ from rich.console import Console
 from protocol.config import ConfigError, load_config, parse_config
 from protocol.config.train import DEFAULT_CONFIG, StageConfig, TrainConfig
 from recipe.local_redis import start_local_redis
-from recipe.stage import prompt_stream, stage_run_config
+from recipe.prompts import prompt_stream
+from recipe.stage import stage_run_config
 from recipe.tasks import build_tasks
 
 
@@ -78,7 +79,7 @@ def test_prompt_stream_mixes_in_replay_at_its_share() -> None:
 
 
 def test_a_stage_takes_the_jsonl_items_of_its_own_kind_only(tmp_path: Path) -> None:
-    from recipe.driver import stage_items
+    from recipe.prompts import stage_items
 
     data = tmp_path / "mine.jsonl"
     data.write_text('{"prompt": "What is 2 + 2?", "task": "math", "answer": "4"}\n'
