@@ -145,12 +145,15 @@ class Batcher:
                    cfg.adv_eps, cfg.dedup_window, norm)  # type: ignore[arg-type]
 
     # --- input ------------------------------------------------------------------------------
-    def add(self, groups: Iterable[Group], current_version: int, stage: str | None = None) -> None:
-        """`stage`: groups generated for another stage (a services run's leftovers from the stage
-        before) are counted stale: their data belongs to a policy objective no longer trained."""
+    def add(self, groups: Iterable[Group], current_version: int, stage: str | None = None) -> list[str]:
+        """Each group's fate: duplicate, filtered, stale or buffered. `stage`: groups generated for
+        another stage (a services run's leftovers from the stage before) are counted stale: their
+        data belongs to a policy objective no longer trained."""
+        fates = []
         for g in groups:
             if g.group_id in self._seen:  # a replayed stream entry: already counted and used
                 self.counters.groups_duplicate += 1
+                fates.append("duplicate")
                 continue
             self._remember(g.group_id)
             n_tok = sum(len(r.token_ids) for r in g.responses)
@@ -160,12 +163,16 @@ class Batcher:
             if not has_signal(g.rewards):
                 c.groups_filtered += 1
                 c.tokens_filtered += n_tok
+                fates.append("filtered")
             elif (is_stale(g.policy_version, current_version, self.max_staleness)
                   or (stage is not None and g.stage != stage)):
                 c.groups_stale += 1
                 c.tokens_stale += n_tok
+                fates.append("stale")
             else:
                 self.buffer.extend(group_pieces(g, self.adv_eps))
+                fates.append("buffered")
+        return fates
 
     def _remember(self, group_id: str) -> None:
         self._seen[group_id] = None

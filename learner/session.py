@@ -17,7 +17,10 @@ Ack policy (`learner.ack`):
   since the last checkpoint; Redis keeps nothing the learner has read).
 
 Audit: `<checkpoints>/steps.jsonl` has one line per optimiser step listing the response spans it
-trained; on restart the lines past the checkpoint are dropped, as their steps are trained again.
+trained, and `groups.jsonl` one line per group read with its fate (duplicate, filtered, stale,
+buffered) plus a marker per checkpoint; on restart the lines past the checkpoint are dropped, as
+those steps and reads happen again. Together with the streams' contents they account for every
+group by id (tests/deploy/test_services_multihost.py).
 """
 
 from __future__ import annotations
@@ -43,6 +46,8 @@ from protocol.transport import WeightVersion
 from protocol.transport.broadcast import BroadcastSender, create_group
 
 AUDIT_FILE = "steps.jsonl"
+GROUPS_FILE = "groups.jsonl"
+"""One line per group read: its fate (duplicate, filtered, stale, buffered), and a marker per checkpoint."""
 STEPS_KEPT = 100_000
 """Step rows kept on the run's steps stream (the driver's metrics.jsonl has them all)."""
 log = logging.getLogger("ringrl.learner")
@@ -126,7 +131,9 @@ class LearnerSession:
     def _take(self, entries: list[Entry]) -> None:
         self._lags += [self.learner.version - e.group.policy_version for e in entries]
         self._rewards += [float(r) for e in entries for r in e.group.rewards]
-        self.learner.add_groups((e.group for e in entries), self.plan.stage if self.plan else None)
+        fates = self.learner.add_groups([e.group for e in entries], self.plan.stage if self.plan else None)
+        self._audit_lines(GROUPS_FILE, [{"group_id": e.group.group_id, "fate": f, "version": self.learner.version}
+                                        for e, f in zip(entries, fates)])
         ids = [e.id for e in entries]
         if self.cfg.learner.ack == "ingest":
             self.consumer.ack(ids)
@@ -217,6 +224,9 @@ class LearnerSession:
     # ---- durability ---------------------------------------------------------------------
     def checkpoint(self) -> Path:
         """Full resumable checkpoint, then acknowledge every entry it holds."""
+        # The marker goes first: a crash before the save resumes an older checkpoint, whose own
+        # marker is what the trim keeps up to.
+        self._audit_lines(GROUPS_FILE, [{"checkpoint": self.learner.version}])
         path = save_checkpoint(self.learner, self.root, keep=self.cfg.learner.keep_checkpoints)
         self.consumer.ack(self._unacked)
         self._unacked = []
@@ -231,17 +241,28 @@ class LearnerSession:
         return str(out)
 
     def _audit(self, step: Step) -> None:
+        self._audit_lines(AUDIT_FILE, [{"version": self.learner.version,
+                                        "pieces": [[p.group_id, p.index, p.start, p.end] for p in step.pieces]}])
+
+    def _audit_lines(self, name: str, lines: list[dict[str, Any]]) -> None:
+        if not lines:
+            return
         self.root.mkdir(parents=True, exist_ok=True)
-        line = {"version": self.learner.version,
-                "pieces": [[p.group_id, p.index, p.start, p.end] for p in step.pieces]}
-        with (self.root / AUDIT_FILE).open("a") as f:
-            f.write(json.dumps(line) + "\n")
+        with (self.root / name).open("a") as f:
+            f.write("".join(json.dumps(line) + "\n" for line in lines))
 
     def _trim_audit(self) -> None:
+        """Drop what happened after the checkpoint this session resumed from: it happens again."""
         path = self.root / AUDIT_FILE
         if path.is_file():
             keep = [ln for ln in path.read_text().splitlines()
                     if ln and json.loads(ln)["version"] <= self.learner.version]
+            path.write_text("".join(ln + "\n" for ln in keep))
+        path = self.root / GROUPS_FILE
+        if path.is_file():  # up to the marker the resumed checkpoint wrote (none: nothing is kept)
+            lines = path.read_text().splitlines()
+            marks = [i for i, ln in enumerate(lines) if json.loads(ln).get("checkpoint") == self.learner.version]
+            keep = lines[:marks[-1] + 1] if marks else []
             path.write_text("".join(ln + "\n" for ln in keep))
 
     def counters(self) -> dict[str, int]:

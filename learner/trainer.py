@@ -149,8 +149,8 @@ class Learner:
         sums.update(zip(SUMS, vals.tolist()))
 
     # --- groups in, metrics out -------------------------------------------------------------
-    def add_groups(self, groups: Iterable[Group], stage: str | None = None) -> None:
-        self.batcher.add(groups, self.version, stage)
+    def add_groups(self, groups: Iterable[Group], stage: str | None = None) -> list[str]:
+        return self.batcher.add(groups, self.version, stage)
 
     def set_stage(self, token_budget: int, lr: float) -> None:
         """A services run's next stage: its budget from the next step, its peak lr under the same

@@ -135,25 +135,30 @@ class StreamProducer:
     one atomic step, which would serialise producers for no real gain).
     """
 
-    def __init__(self, client: redis.Redis, stream: str, max_len: int = 10_000) -> None:
-        self.client, self.stream = client, stream
+    def __init__(self, client: redis.Redis, stream: str, max_len: int = 10_000,
+                 audit_set: str | None = None) -> None:
+        """`audit_set`: also add each group's id to this set, in the same transaction as the append
+        (audited runs: every group ever written, to account for it by id at the end)."""
+        self.client, self.stream, self.audit_set = client, stream, audit_set
         self.backpressure = Backpressure(client, [stream], max_len)
 
     def produce(self, groups: Sequence[Group], timeout: float | None = None) -> list[bytes]:
         return self.produce_raw([encode_group(g) for g in groups], timeout=timeout)
 
     def produce_raw(self, payloads: Sequence[bytes], timeout: float | None = None,
-                    stop: Callable[[], bool] | None = None) -> list[bytes]:
+                    stop: Callable[[], bool] | None = None, ids: Sequence[str] = ()) -> list[bytes]:
         """Wait for room, then append; once `stop()` is true it appends without waiting (a shutdown
-        writing out what it must not lose)."""
+        writing out what it must not lose). `ids`: the groups' ids, for the audit set."""
         if not payloads:
             return []
         self.backpressure.wait(needed=min(len(payloads), self.backpressure.max_backlog),
                                timeout=timeout, stop=stop)
-        pipe = self.client.pipeline(transaction=False)
+        pipe = self.client.pipeline(transaction=self.audit_set is not None)
         for p in payloads:
             pipe.xadd(self.stream, {FIELD: p})
-        return pipe.execute()
+        if self.audit_set is not None and ids:
+            pipe.sadd(self.audit_set, *ids)
+        return pipe.execute()[:len(payloads)]
 
 
 @dataclass

@@ -33,6 +33,11 @@ class RunKeys:
         return f"ringrl:{self.run}:plan"
 
     @property
+    def audit_written(self) -> str:
+        """Set of every group id written to `rollouts` (only with redis.audit)."""
+        return f"ringrl:{self.run}:audit:written"
+
+    @property
     def steps(self) -> str:
         """One entry per learner step: its metrics (JSON), for the services-mode driver's log."""
         return f"ringrl:{self.run}:steps"

@@ -27,7 +27,8 @@ def build(cfg: RunConfig, model: str) -> tuple[FastAPI, Supervisor, Callable[[],
     rollouts, client = None, None
     if cfg.redis.url:
         client = connect(cfg.redis.url)
-        rollouts = Rollouts(engine, client, cfg.run.name, cfg.rollout, cfg.redis.max_backlog, supervisor)
+        rollouts = Rollouts(engine, client, cfg.run.name, cfg.rollout, cfg.redis.max_backlog, supervisor,
+                            audit=cfg.redis.audit)
         if cfg.rollout.follow_weights and cfg.learner.weight_transport == "http":
             follow_weights(engine, client, RunKeys(cfg.run.name), supervisor)
 

@@ -101,12 +101,13 @@ class Rollouts:
     """
 
     def __init__(self, engine: Engine, client: redis.Redis, run: str, config: RolloutConfig,
-                 max_backlog: int = 4096, supervisor: Supervisor | None = None) -> None:
+                 max_backlog: int = 4096, supervisor: Supervisor | None = None, audit: bool = False) -> None:
         self.engine, self.client, self.config = engine, client, config
         self.keys = RunKeys(run)
         self.metrics = engine.metrics
         self.gate = Gate(client, self.keys, max_backlog, engine)
-        self.producer = StreamProducer(client, self.keys.rollouts, max_backlog)
+        self.producer = StreamProducer(client, self.keys.rollouts, max_backlog,
+                                       audit_set=self.keys.audit_written if audit else None)
         self.supervisor = supervisor or Supervisor()
         self._pending: queue.Queue[tuple[Group, Prompt, float]] = queue.Queue(config.max_pending_prompts)
         self._finished: queue.Queue[Group] = queue.Queue()
@@ -317,7 +318,8 @@ class Rollouts:
             batch = self._unwritten
             # While draining, what is finished goes in even above the backlog bound (by at most the
             # groups that were in flight): the alternative is losing it.
-            self.producer.produce_raw([encode_group(g) for g in batch], stop=self._writer_stop.is_set)
+            self.producer.produce_raw([encode_group(g) for g in batch], stop=self._writer_stop.is_set,
+                                      ids=[g.group_id for g in batch])
             self._unwritten = []
             self.metrics.groups.inc(len(batch))
             with self._lock:

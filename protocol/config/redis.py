@@ -17,3 +17,8 @@ class RedisConfig(Section):
     claim_idle_ms: int = Field(
         default=30_000, gt=0,
         description="An entry read but not acked for this long is reclaimed by another consumer.")
+    audit: bool = Field(
+        default=False,
+        description="Keep the id of every group written to the rollouts stream in a Redis set "
+                    "(ringrl:<run>:audit:written), so a run can account for each group by id. For "
+                    "tests and reliability runs: the set grows with the run.")
