@@ -30,7 +30,9 @@ def load_version(engine: Engine, receiver: WeightReceiver, record: WeightVersion
 
 def follow_weights(engine: Engine, client: redis.Redis, keys: RunKeys, supervisor: Supervisor) -> None:
     """Pull every version the learner publishes (and the current one, for a late joiner), as a
-    supervised loop.
+    supervised loop. The engine runs what the learner last published: a learner that resumed from
+    a checkpoint older than the engine's version (or re-trained a version to different bits) is
+    followed back, by version and checksum.
 
     The learner writes the WeightVersion record to the `keys.weights` hash and PUBLISHes on the
     channel of the same name; the message is only a wake-up, the hash is the truth, so a missed
@@ -43,9 +45,13 @@ def follow_weights(engine: Engine, client: redis.Redis, keys: RunKeys, superviso
         if not raw:
             return
         record = WeightVersion.from_redis(raw)
-        if record.version > engine.version:
-            _, seconds = load_version(engine, receiver, record)
-            log.info("weights: loaded version %d in %.2fs", record.version, seconds)
+        if record.version == engine.version and (not record.checksum or record.checksum == engine.checksum):
+            return
+        if record.version < engine.version:  # the learner resumed from an older checkpoint
+            log.warning("weights: learner went back from version %d to %d (resumed from a checkpoint); "
+                        "following it", engine.version, record.version)
+        _, seconds = load_version(engine, receiver, record)
+        log.info("weights: loaded version %d in %.2fs", record.version, seconds)
 
     def run() -> None:
         pubsub = client.pubsub(ignore_subscribe_messages=True)

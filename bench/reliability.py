@@ -1,0 +1,414 @@
+"""Services mode under faults, across hosts: `python -m bench.reliability` writes docs/reliability.md.
+
+The compose stack (deploy/compose/docker-compose.yaml: its commands, environments and run.yaml)
+runs natively with bench/stack.py, each part on its own host address in its own network namespace:
+Redis (AOF, fsync always), the `init-model` one-shot, one learner, two rollout servers, two reward
+services and the driver. While the driver runs two short stages, faults are injected at learner
+steps: SIGKILL of a reward service, of the learner, of a rollout server; a Redis restart; one
+rollout host's link cut; the learner stalled (SIGSTOP); the driver stopped and restarted. At the
+end every group is accounted for by id:
+
+- written: every id the rollout writers put on the rollouts stream (redis.audit's set);
+- read by the learner with a fate (groups.jsonl: buffered, filtered, stale; replays are
+  `duplicate`), or still in the rollouts/scored streams;
+- each written id has exactly one fate or stream place (none lost, none counted twice), and no
+  response span is trained twice (steps.jsonl).
+
+tests/deploy/test_services_multihost.py runs the same scenario (shorter stall) and asserts on it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import redis
+import yaml
+
+from bench.stack import REPO, Stack, cleanup_stale
+from protocol.codec import decode_group
+from protocol.queue import FIELD
+from protocol.streams import RunKeys
+
+COMPOSE_RUN = REPO / "deploy" / "compose" / "run.yaml"
+ROLLOUTS = ["rollout-0", "rollout-1"]
+REWARDS = ["reward-0", "reward-1"]
+HOSTS = ["redis", "init-model", "learner", *ROLLOUTS, *REWARDS, "driver"]
+MAX_BACKLOG = 48
+
+
+def run_yaml(out: Path, math_steps: int, code_steps: int, sft_steps: int) -> Path:
+    """The compose run.yaml with a short run: the same file every part reads, only smaller."""
+    cfg = yaml.safe_load(COMPOSE_RUN.read_text()) or {}
+    small = {
+        "tasks": {"train_size": 1500, "held_out_size": 20},
+        "sft": {"batch_size": 16, "max_steps": sft_steps, "max_minutes": 0, "save_every_steps": sft_steps,
+                "save_every_minutes": 0},
+        "redis": {"max_backlog": MAX_BACKLOG, "audit": True, "claim_idle_ms": 5000},
+        "learner": {"checkpoint_every": 2, "max_staleness": 4, "load_balance_coef": 0.001},
+        "rollout": {"max_model_len": 256, "cpu_threads_bind": "0", "max_inflight_groups": 16,
+                    "drain_s": 20},
+        "stages": [
+            {"name": "math", "sources": ["chain_sum", "leg_counting"], "steps": math_steps, "token_budget": 768,
+             "max_new_tokens": 64, "n": 8, "lr": 1.0e-3, "warmup_steps": 0},
+            {"name": "code", "sources": ["legs_fn"], "steps": code_steps, "token_budget": 768,
+             "max_new_tokens": 64, "n": 8, "lr": 1.0e-3, "warmup_steps": 0},
+        ],
+        "eval_size": 10, "eval_samples": 1,
+    }
+    for section, values in small.items():
+        if isinstance(values, dict) and isinstance(cfg.get(section), dict):
+            cfg[section] = {**cfg[section], **values}
+        else:
+            cfg[section] = values
+    path = out / "run.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+@dataclass
+class Fault:
+    name: str
+    at_version: int
+    injected_s: float = 0.0  # since the driver started
+    recovered_s: float | None = None  # seconds from injection until the run made progress again
+    note: str = ""
+
+
+@dataclass
+class Samples:
+    """What a monitor thread saw once a second."""
+    t: list[float] = field(default_factory=list)
+    version: list[int] = field(default_factory=list)
+    backlog: list[int] = field(default_factory=list)
+    memory: list[int] = field(default_factory=list)
+    engine_versions: dict[str, list[tuple[float, int]]] = field(default_factory=dict)
+
+
+class Scenario:
+    def __init__(self, run_dir: Path, stall_s: float, cut_s: float, math_steps: int = 6, code_steps: int = 4,
+                 sft_steps: int = 600, log: Callable[[str], None] = print) -> None:
+        self.run_dir, self.stall_s, self.cut_s, self.say = run_dir, stall_s, cut_s, log
+        self.total = math_steps + code_steps
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.config = run_yaml(run_dir, math_steps, code_steps, sft_steps)
+        self.run_name = yaml.safe_load(self.config.read_text())["run"]["name"]
+        self.keys = RunKeys(self.run_name)
+        self.samples = Samples()
+        self.faults: list[Fault] = []
+        self.t0 = 0.0
+        self._stop = threading.Event()
+        self.stack: Stack | None = None
+        self.r: redis.Redis | None = None
+
+    # ---- plumbing -----------------------------------------------------------------------
+    def _redis(self) -> redis.Redis:
+        assert self.stack is not None
+        return redis.Redis(host=self.stack.address("redis"), port=6379, socket_timeout=3,
+                           socket_connect_timeout=3)
+
+    def version(self) -> int:
+        try:
+            v = self._redis().hget(self.keys.learner_state, "version")
+            return int(v) if v is not None else -1
+        except redis.RedisError:
+            return -1
+
+    def _http(self, host: str, port: int, path: str) -> dict[str, Any] | None:
+        assert self.stack is not None
+        try:
+            r = httpx.get(self.stack.url(host, port, path), timeout=3, trust_env=False)
+            return r.json() if r.status_code == 200 else None
+        except (httpx.HTTPError, ValueError):
+            return None
+
+    def _monitor(self) -> None:
+        s = self.samples
+        while not self._stop.wait(1.0):
+            try:
+                r = self._redis()
+                pipe = r.pipeline(transaction=False)
+                pipe.hget(self.keys.learner_state, "version")
+                pipe.xlen(self.keys.rollouts)
+                pipe.xlen(self.keys.scored)
+                pipe.info("memory")
+                v, a, b, mem = pipe.execute()
+                held = r.xpending(self.keys.scored, "learner")["pending"] if b else 0
+            except (redis.RedisError, OSError):
+                continue
+            s.t.append(time.monotonic() - self.t0)
+            s.version.append(int(v or -1))
+            s.backlog.append(int(a) + int(b) - int(held))
+            s.memory.append(int(mem["used_memory"]))
+            for host in ROLLOUTS:
+                w = self._http(host, 8000, "/v1/weights")
+                if w is not None:
+                    s.engine_versions.setdefault(host, []).append((s.t[-1], int(w["version"])))
+
+    def _wait_version_above(self, v: int, timeout: float) -> float | None:
+        start = time.monotonic()
+        while time.monotonic() - start < timeout:
+            if self.version() > v:
+                return time.monotonic() - start
+            time.sleep(0.5)
+        return None
+
+    def _wait_healthy(self, host: str, port: int, timeout: float = 300.0, path: str = "/readyz") -> float:
+        assert self.stack is not None
+        start = time.monotonic()
+        self.stack.wait_http(host, port, path=path, timeout=timeout)
+        return time.monotonic() - start
+
+    # ---- faults -------------------------------------------------------------------------
+    def _inject(self, fault: Fault) -> None:
+        st = self.stack
+        assert st is not None
+        fault.injected_s = time.monotonic() - self.t0
+        v = self.version()
+        self.say(f"[{fault.injected_s:6.1f}s] fault at learner version {v}: {fault.name}")
+        if fault.name == "SIGKILL reward-1":
+            st.kill("reward-1")
+            st.start("reward-1")
+            fault.recovered_s = self._wait_healthy("reward-1", 8001)
+        elif fault.name == "restart Redis":
+            st.kill("redis")
+            time.sleep(3)
+            st.start("redis")
+            fault.recovered_s = self._wait_version_above(max(v, self.version()), 600)
+        elif fault.name.startswith("cut rollout-1 link"):
+            st.cut_link("rollout-1")
+            time.sleep(self.cut_s)
+            st.restore_link("rollout-1")
+            fault.recovered_s = self._wait_healthy("rollout-1", 8000)
+        elif fault.name == "SIGKILL learner":
+            st.kill("learner")
+            st.start("learner")
+            fault.recovered_s = self._wait_version_above(self.version(), 600)
+        elif fault.name.startswith("stall learner"):
+            before = self.samples.backlog[-1] if self.samples.backlog else 0
+            st.pause("learner")
+            time.sleep(self.stall_s)
+            fault.note = f"backlog {before} -> {self.samples.backlog[-1] if self.samples.backlog else 0} " \
+                         f"groups during the stall (bound {MAX_BACKLOG})"
+            st.resume("learner")
+            fault.recovered_s = self._wait_version_above(self.version(), 600)
+        elif fault.name == "SIGKILL rollout-0":
+            st.kill("rollout-0")
+            st.start("rollout-0")
+            fault.recovered_s = self._wait_healthy("rollout-0", 8000)
+        elif fault.name == "SIGTERM driver, restart":
+            code = st.stop("driver", timeout=60)
+            fault.note = f"driver exited {code}"
+            self._start_driver()
+            fault.recovered_s = self._wait_healthy("driver", 8003, path="/healthz")
+        self.say(f"[{time.monotonic() - self.t0:6.1f}s] recovered from {fault.name} "
+                 f"in {fault.recovered_s if fault.recovered_s is not None else 'never'}s")
+
+    def _start_driver(self) -> None:
+        assert self.stack is not None
+        urls = "[" + ", ".join(f"http://{h}:8000" for h in ROLLOUTS) + "]"
+        reward_urls = "http://reward-0:8001"
+        self.stack.start("driver", env_override={"RINGRL_DRIVER__ROLLOUT_URLS": urls,
+                                                 "RINGRL_DRIVER__REWARD_URL": reward_urls})
+
+    # ---- the run ------------------------------------------------------------------------
+    def run(self, faults: bool = True, timeout_s: float = 2400.0) -> dict[str, Any]:
+        cleanup_stale()
+        env = {"VLLM_CPU_KVCACHE_SPACE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+               "HF_HUB_OFFLINE": "1"}
+        with Stack(self.run_dir / "stack", hosts=HOSTS, run_yaml=self.config, extra_env=env,
+                   redis_appendfsync="always") as st:
+            self.stack = st
+            st.start("redis")
+            st.wait_tcp("redis", 6379)
+            t = time.monotonic()
+            st.start("init-model")
+            code = st.wait("init-model", timeout=1500)
+            if code != 0:
+                raise RuntimeError(f"init-model exited {code}:\n{st.log('init-model')[-3000:]}")
+            self.say(f"init-model: {time.monotonic() - t:.0f}s")
+            for host in ["learner", *REWARDS, *ROLLOUTS]:
+                st.start(host)
+            self._wait_healthy("learner", 8002)
+            for host in REWARDS:
+                self._wait_healthy(host, 8001)
+            for host in ROLLOUTS:
+                self._wait_healthy(host, 8000)
+            self.t0 = time.monotonic()
+            self._start_driver()
+            monitor = threading.Thread(target=self._monitor, daemon=True)
+            monitor.start()
+            plan = [Fault("SIGKILL reward-1", 1), Fault("restart Redis", 2),
+                    Fault(f"cut rollout-1 link {self.cut_s:.0f}s", 3), Fault("SIGKILL learner", 4),
+                    Fault(f"stall learner {self.stall_s:.0f}s (SIGSTOP)", 5), Fault("SIGKILL rollout-0", 7),
+                    Fault("SIGTERM driver, restart", 8)] if faults else []
+            deadline = time.monotonic() + timeout_s
+            while time.monotonic() < deadline:
+                health = self._http("driver", 8003, "/healthz")
+                if health is not None and health.get("done"):
+                    break
+                if plan and self.version() >= plan[0].at_version:
+                    fault = plan.pop(0)
+                    self._inject(fault)
+                    self.faults.append(fault)
+                time.sleep(1.0)
+            else:
+                raise TimeoutError(f"run not done in {timeout_s:.0f}s; learner at {self.version()}")
+            self._stop.set()
+            monitor.join(5)
+            report = self._report()
+            for host in ["driver", *ROLLOUTS, *REWARDS, "learner"]:
+                report["exit_codes"][host] = st.stop(host, timeout=90)
+            return report
+
+    def _report(self) -> dict[str, Any]:
+        st = self.stack
+        assert st is not None
+        r = self._redis()
+        written = {x.decode() for x in r.smembers(self.keys.audit_written)}
+        in_streams: Counter[str] = Counter()
+        for stream in (self.keys.rollouts, self.keys.scored):
+            for _, fields in r.xrange(stream):
+                in_streams[decode_group(fields[FIELD]).group_id] += 1
+        volume = st.run_dir / "volumes" / "ringrl-data"
+        ckpt = next(volume.rglob("groups.jsonl")).parent
+        fates: dict[str, list[str]] = {}
+        for ln in (ckpt / "groups.jsonl").read_text().splitlines():
+            row = json.loads(ln)
+            if "group_id" in row:
+                fates.setdefault(row["group_id"], []).append(row["fate"])
+        spans: Counter[tuple[str, int, int]] = Counter()
+        trained_groups: set[str] = set()
+        for ln in (ckpt / "steps.jsonl").read_text().splitlines():
+            for gid, idx, start, end in json.loads(ln)["pieces"]:
+                trained_groups.add(gid)
+                for tok in range(start, end):
+                    spans[(gid, idx, tok)] += 1
+        once = [f for f in fates.values() if len([x for x in f if x != "duplicate"]) == 1]
+        places = Counter({g: len([x for x in f if x != "duplicate"]) for g, f in fates.items()}) + in_streams
+        summary_path = next((st.run_dir / "volumes").rglob("summary.json"), None)
+        state = {k.decode(): v.decode() for k, v in r.hgetall(self.keys.learner_state).items()}
+        versions = {h: [v for _, v in vs] for h, vs in self.samples.engine_versions.items()}
+        return {
+            "written": len(written),
+            "accounted_once": sum(1 for g in written if places[g] == 1),
+            "lost": sorted(g for g in written if places[g] == 0)[:20],
+            "counted_twice": sorted(g for g in written if places[g] > 1)[:20],
+            "not_written_but_read": sorted(set(fates) - written)[:20],
+            "fates": dict(Counter(x for f in fates.values() for x in f)),
+            "read_once": len(once),
+            "in_streams_at_end": sum(in_streams.values()),
+            "trained_groups": len(trained_groups),
+            "tokens_trained_twice": sum(1 for c in spans.values() if c > 1),
+            "learner": state,
+            "summary": json.loads(summary_path.read_text()) if summary_path else None,
+            "max_backlog_seen": max(self.samples.backlog, default=0),
+            "max_backlog": MAX_BACKLOG,
+            "redis_memory_max_mb": max(self.samples.memory, default=0) / 2 ** 20,
+            "engine_versions": versions,
+            "final_version": self.version(),
+            "total_steps": self.total,
+            "faults": [vars(f) for f in self.faults],
+            "exit_codes": {},
+            "wall_s": time.monotonic() - self.t0,
+        }
+
+
+def write_markdown(report: dict[str, Any], path: Path, command: str) -> None:
+    def recovered(f: dict[str, Any]) -> str:
+        return "never" if f["recovered_s"] is None else f"{f['recovered_s']:.1f}"
+
+    rows = "\n".join(f"| {f['name']} | {f['at_version']} | {f['injected_s']:.0f} | {recovered(f)} | {f['note']} |"
+                     for f in report["faults"])
+    summary = report["summary"] or []
+    stages = "\n".join(f"| {s['stage']} | {s['steps']} | {s['before']['accuracy']:.3f} → {s['after']['accuracy']:.3f} "
+                       f"| {s['minutes']:.1f} |" for s in summary)
+    text = f"""# Reliability of services mode
+
+Generated by `{command}` (bench/reliability.py) on {time.strftime('%Y-%m-%d')}: the compose stack of
+`deploy/compose/` run natively across hosts (one network namespace and address per part: Redis with
+AOF, `init-model`, learner, 2 rollout servers, 2 reward services, driver; bench/stack.py), two short
+stages ({report['total_steps']} learner steps), with these faults injected at learner steps.
+
+| fault | at step | injected at (s) | recovered after (s) | note |
+|---|---|---|---|---|
+{rows}
+
+"Recovered" is: for a killed service, until its `/readyz` answers 200 again; for Redis, the learner
+and the stall, until the learner trains its next step.
+
+## Accounting by group id
+
+| | |
+|---|---|
+| groups written to the rollouts stream | {report['written']} |
+| accounted for exactly once (a fate at the learner, or still in a stream) | {report['accounted_once']} |
+| lost | {len(report['lost'])} |
+| counted twice | {len(report['counted_twice'])} |
+| fates at the learner | {report['fates']} |
+| still in the streams at the end | {report['in_streams_at_end']} |
+| response tokens trained twice | {report['tokens_trained_twice']} |
+| largest backlog seen (bound {report['max_backlog']} groups) | {report['max_backlog_seen']} |
+| largest Redis memory | {report['redis_memory_max_mb']:.1f} MB |
+| learner's final version (steps planned {report['total_steps']}) | {report['final_version']} |
+| exit codes on SIGTERM at the end | {report['exit_codes']} |
+
+A `duplicate` fate is a stream entry read again after a crash whose group the resumed checkpoint
+already held: dropped by id, never trained twice.
+
+## Stages (held-out through the services)
+
+| stage | steps | greedy before → after | minutes |
+|---|---|---|---|
+{stages}
+
+These are a few steps on a tiny model: they show the run finishing, not learning.
+
+## Weight versions seen by each rollout server (sampled each second)
+
+{chr(10).join(f'- {h}: {_runs(v)}' for h, v in report['engine_versions'].items())}
+
+A killed rollout server starts at version 0 and catches up with the newest; a learner killed
+between checkpoints resumes from its last checkpoint, and the engines follow it back by version
+and checksum.
+"""
+    path.write_text(text)
+
+
+def _runs(values: list[int]) -> str:
+    out: list[str] = []
+    for v in values:
+        if not out or out[-1] != str(v):
+            out.append(str(v))
+    return " → ".join(out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=Path("runs/reliability"))
+    ap.add_argument("--stall-s", type=float, default=60.0)
+    ap.add_argument("--cut-s", type=float, default=10.0)
+    ap.add_argument("--doc", type=Path, default=REPO / "docs" / "reliability.md")
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        raise SystemExit("error: network namespaces need root")
+    report = Scenario(args.out, args.stall_s, args.cut_s).run()
+    (args.out / "report.json").write_text(json.dumps(report, indent=2))
+    write_markdown(report, args.doc, "python -m bench.reliability")
+    print(json.dumps({k: report[k] for k in ("written", "accounted_once", "lost", "counted_twice",
+                                              "tokens_trained_twice", "final_version")}, indent=2))
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+if __name__ == "__main__":
+    main()
