@@ -8,14 +8,14 @@ import ray
 
 from protocol.config import RunConfig
 from reward_service.scorer import Scorer
-from reward_service.worker import RewardWorker, uid_offset
+from reward_service.worker import RewardWorker
 
 
 @ray.remote(max_concurrency=4)  # run() holds one thread; stop()/stats() need others
 class RewardActor:
     def __init__(self, config_json: str, index: int) -> None:
         cfg = RunConfig.model_validate_json(config_json)
-        self._scorer = Scorer(cfg.reward, uid_offset=uid_offset(index, cfg.reward.code_concurrency))
+        self._scorer = Scorer(cfg.reward)
         self._worker = RewardWorker(self._scorer, cfg.redis, cfg.run.name, f"reward-actor-{index}")
         self._done = threading.Event()
 

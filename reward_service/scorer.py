@@ -40,12 +40,11 @@ def reward_of(verdict: Verdict) -> float:
 class Scorer:
     """Thread-safe; owns the math worker processes and the sandbox slots. Call close()."""
 
-    def __init__(self, cfg: RewardConfig, registry: CollectorRegistry | None = None,
-                 uid_offset: int = 0) -> None:
+    def __init__(self, cfg: RewardConfig, registry: CollectorRegistry | None = None) -> None:
         self.cfg = cfg
         self.registry = registry if registry is not None else CollectorRegistry()
         self.metrics = RewardMetrics(self.registry)
-        self.sandbox = Sandbox(cfg.sandbox, cfg.code_concurrency, uid_offset)
+        self.sandbox = Sandbox(cfg.sandbox, cfg.code_concurrency)
         self.math = MathPool(cfg.math_workers, cfg.math_timeout_s)
         self._pattern = re.compile(cfg.answer_pattern) if cfg.answer_pattern else None
         self._math_exec = ThreadPoolExecutor(cfg.math_workers, thread_name_prefix="score-math")

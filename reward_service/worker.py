@@ -72,11 +72,6 @@ class RewardWorker:
         return out
 
 
-def uid_offset(index: int, slots: int) -> int:
-    """Disjoint sandbox uid ranges: 0 is the HTTP server's, i + 1 is stream worker i's."""
-    return (index + 1) * slots
-
-
 def main(config_json: str, index: int) -> None:
     """Entry of one stream-worker process (services mode). SIGTERM/SIGINT end it after the batch
     in hand; an error restarts the loop (Supervisor); a loop that keeps failing exits 1, and the
@@ -90,7 +85,7 @@ def main(config_json: str, index: int) -> None:
 
     setup_logging()
     cfg = RunConfig.model_validate_json(config_json)
-    scorer = Scorer(cfg.reward, uid_offset=uid_offset(index, cfg.reward.code_concurrency))
+    scorer = Scorer(cfg.reward)
     worker = RewardWorker(scorer, cfg.redis, cfg.run.name, f"reward-{index}")
     supervisor = Supervisor(stop=worker._stop)
     stop_on_signals(worker._stop)

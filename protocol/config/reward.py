@@ -30,7 +30,12 @@ class SandboxConfig(Section):
         description="Output captured per stream; a program printing more is cut and killed.")
     uid_base: int = Field(
         default=61000, ge=1000,
-        description="Sandboxes run as uids uid_base + slot; each process owns a disjoint range.")
+        description="Sandboxes run as uids from uid_base up; each slot leases a uid no other sandbox "
+                    "on this kernel holds (uid_lease_dir).")
+    uid_lease_dir: str = Field(
+        default="/run/ringrl/sandbox-uids",
+        description="Lock files of the leased sandbox uids; every scoring process on one kernel must "
+                    "see the same folder (containers: a shared volume), or two may share a uid.")
 
 
 class RewardConfig(Section):

@@ -11,6 +11,7 @@ from protocol.config.reward import SandboxConfig
 from reward_service.sandbox import bwrap, rlimit, syscalls, warm
 from reward_service.sandbox.capture import Completed, run_capped
 from reward_service.sandbox.harness import header
+from reward_service.sandbox.uids import UidLease
 
 _BACKENDS = {"warm": warm, "bwrap": bwrap, "rlimit": rlimit}
 
@@ -28,17 +29,20 @@ class Sandbox:
     die with this process).
     """
 
-    def __init__(self, cfg: SandboxConfig, slots: int, uid_offset: int = 0) -> None:
+    def __init__(self, cfg: SandboxConfig, slots: int) -> None:
         why = _BACKENDS[cfg.backend].available()
         if why:
             raise SandboxUnavailable(f"sandbox backend {cfg.backend!r}: {why}")
         self.cfg = cfg
+        try:
+            self.lease = UidLease(cfg, slots)
+        except OSError as exc:
+            raise SandboxUnavailable(f"sandbox uids: {exc}") from exc
         self.kills = 0
         self._lock = threading.Lock()
         self._free: queue.Queue[int] = queue.Queue()
         self._warm: dict[int, warm.Slot] = {}
-        for i in range(slots):
-            uid = cfg.uid_base + uid_offset + i
+        for uid in self.lease.uids:
             if cfg.backend == "warm":
                 try:
                     self._warm[uid] = warm.start(cfg, uid)
@@ -113,3 +117,4 @@ class Sandbox:
         while self._warm:
             _, slot = self._warm.popitem()
             warm.stop(slot)
+        self.lease.release()

@@ -18,9 +18,9 @@ def reward_config(backend: str = "warm", **sandbox: object) -> RewardConfig:
 
 @pytest.fixture(scope="session", params=BACKENDS)
 def scorer(request: pytest.FixtureRequest) -> Iterator[Scorer]:
-    # Each backend its own uids: a killed namespace is torn down asynchronously, and its dying
-    # processes still count against RLIMIT_NPROC of their uid for a moment.
-    s = Scorer(reward_config(request.param), uid_offset=100 + 10 * BACKENDS.index(request.param))
+    # Each scorer leases its own uids (reward_service/sandbox/uids.py), so the backends' scorers,
+    # alive at once for the session, never share one.
+    s = Scorer(reward_config(request.param))
     yield s
     s.close()
     s.sandbox.close()  # the warm backend's sandboxes outlive Scorer.close() until process exit
@@ -28,7 +28,7 @@ def scorer(request: pytest.FixtureRequest) -> Iterator[Scorer]:
 
 @pytest.fixture(scope="session")
 def default_scorer() -> Iterator[Scorer]:
-    s = Scorer(reward_config(), uid_offset=300)
+    s = Scorer(reward_config())
     yield s
     s.close()
     s.sandbox.close()

@@ -27,7 +27,7 @@ def _item(p: dict[str, str], body: str) -> Item:
 
 @pytest.fixture(scope="module", params=["warm", "bwrap"])
 def ns_scorer(request: pytest.FixtureRequest) -> Iterator[Scorer]:
-    s = Scorer(reward_config(request.param), uid_offset=200)
+    s = Scorer(reward_config(request.param))
     yield s
     s.close()
     s.sandbox.close()

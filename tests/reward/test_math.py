@@ -28,7 +28,7 @@ def test_case(index: int, verdicts: list[str]) -> None:
 def test_answer_pattern_replaces_boxed() -> None:
     from tests.reward.conftest import reward_config
     cfg = reward_config().model_copy(update={"answer_pattern": r"Answer:\s*(\S+)", "math_workers": 1})
-    s = Scorer(cfg, uid_offset=300)
+    s = Scorer(cfg)
     try:
         got = s.score([Item(TaskKind.math, "Answer: 0.5", MathReference(answer="\\frac{1}{2}")),
                        Item(TaskKind.math, "\\boxed{0.5}", MathReference(answer="0.5"))])
