@@ -21,7 +21,10 @@ KUBERAY = DEPLOY / "kuberay"
 DOCKERFILES = sorted(p for p in (DEPLOY / "docker").glob("Dockerfile.*") if p.suffix != ".dockerignore")
 KUBE_VERSIONS = ("1.30.0", "1.37.0")
 
-RINGRL_SERVICES = ("rollout", "reward", "learner")
+RINGRL_SERVICES = ("rollout", "reward", "learner", "driver")
+"""The long-running ringrl servers of the compose stack (`ringrl serve <name>`)."""
+ONE_SHOT = ("init-model",)
+"""Compose services that run to completion (the others wait for them to exit 0)."""
 GPU_VALUES = yaml.safe_load((CHART / "values-gpu.yaml").read_text())
 
 
@@ -137,7 +140,7 @@ def all_ringrl_env() -> dict[str, set[str]]:
             if key.startswith("RINGRL_"):
                 where.setdefault(key, set()).add(origin)
 
-    for svc in RINGRL_SERVICES:
+    for svc in RINGRL_SERVICES + ONE_SHOT:
         add(compose_env(svc), f"compose:{svc}")
     for variant, values in helm_value_variants().items():
         for obj in render(values):

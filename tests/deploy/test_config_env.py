@@ -2,6 +2,9 @@
 they set names a real config field, the run configs they ship load, and every metric the dashboard
 plots is one a part exports.
 
+The run config every part reads is one whole TrainConfig (stages, tasks, sft, driver, ...); the
+`serve` commands take its service sections (TrainConfig.services()).
+
 A part whose config section (or whose metrics) is not written yet is skipped by name, not passed:
 the skip reason lists what the deploy files assume of it."""
 
@@ -14,8 +17,9 @@ from typing import Any
 import pytest
 import yaml
 
-from protocol.config import ENV_PREFIX, RunConfig, describe, load_config, parse_config
+from protocol.config import ENV_PREFIX, describe, load_config, parse_config
 from protocol.config.base import Section
+from protocol.config.train import TrainConfig
 from tests.deploy.manifests import (
     COMPOSE_RUN,
     DEPLOY,
@@ -30,12 +34,12 @@ from tests.deploy.manifests import (
     render,
 )
 
-FIELDS = {name for name, _, _ in describe()}
+FIELDS = {name for name, _, _ in describe(TrainConfig)}
 ENV_WHERE = all_ringrl_env()
 
 
 def _section_is_empty(name: str) -> bool:
-    field = RunConfig.model_fields.get(name)
+    field = TrainConfig.model_fields.get(name)
     ann = field.annotation if field else None
     return isinstance(ann, type) and issubclass(ann, Section) and not ann.model_fields
 
@@ -65,7 +69,8 @@ def _loadable_env(env: dict[str, str]) -> dict[str, str]:
 
 @pytest.mark.parametrize("service", RINGRL_SERVICES)
 def test_compose_config_loads_with_each_services_env(service: str) -> None:
-    cfg = load_config(COMPOSE_RUN, env=_loadable_env(compose_env(service)))
+    cfg = load_config(COMPOSE_RUN, env=_loadable_env(compose_env(service)), model=TrainConfig)
+    assert cfg.stages, "run.yaml describes the run the driver runs"
     assert cfg.redis.url == "redis://redis:6379/0"
     assert cfg.learner.public_url == "http://learner:8002"
     if service == "reward":
@@ -73,6 +78,9 @@ def test_compose_config_loads_with_each_services_env(service: str) -> None:
     if service == "learner":
         assert (cfg.learner.http_host, cfg.learner.http_port) == ("0.0.0.0", 8002)
         assert cfg.learner.checkpoint_dir == "/data/checkpoints"
+    if service == "driver":
+        assert cfg.driver.rollout_urls == ["http://rollout:8000"]
+        assert (cfg.driver.reward_url, cfg.driver.host, cfg.driver.port) == ("http://reward:8001", "0.0.0.0", 8003)
 
 
 def _run_yaml(docs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -89,7 +97,8 @@ def test_helm_config_loads_with_each_pods_env(variant: str) -> None:
         for c in containers(obj):
             if c.get("args", [None])[0] != "serve":
                 continue
-            cfg = parse_config(raw, f"{variant}:{c['name']}", env=_loadable_env(container_env(c)))
+            cfg = parse_config(raw, f"{variant}:{c['name']}", env=_loadable_env(container_env(c)),
+                               model=TrainConfig)
             assert cfg.redis.url and cfg.learner.public_url.startswith("http://demo-ringrl-learner:")
             seen += 1
     assert seen == 3
@@ -100,13 +109,13 @@ def test_kuberay_config_loads() -> None:
     raw = _run_yaml(docs)
     for obj in docs:
         for c in containers(obj):
-            parse_config(raw, f"kuberay:{c['name']}", env=_loadable_env(container_env(c)))
+            parse_config(raw, f"kuberay:{c['name']}", env=_loadable_env(container_env(c)), model=TrainConfig)
 
 
 def test_a_wrong_override_is_caught() -> None:
     # The check above is only worth something if a misspelt override fails to load.
     with pytest.raises(ValueError, match="reward.sandbox.backnd"):
-        load_config(COMPOSE_RUN, env={"RINGRL_REWARD__SANDBOX__BACKND": "rlimit"})
+        load_config(COMPOSE_RUN, env={"RINGRL_REWARD__SANDBOX__BACKND": "rlimit"}, model=TrainConfig)
 
 
 # --- metrics the dashboard plots ---------------------------------------------------------------

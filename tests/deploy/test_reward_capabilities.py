@@ -29,6 +29,7 @@ import httpx
 import pytest
 
 from protocol.config import load_config
+from protocol.config.train import TrainConfig
 from tests.conftest import free_port
 from tests.deploy.manifests import (
     COMPOSE_RUN,
@@ -239,5 +240,5 @@ def test_reward_server_scores_under_exactly_the_granted_capabilities(
         assert results[4]["status"] == "timeout", results[4]
         assert _work_dirs(sandbox_tmp) == [], "a sandbox work dir was left behind"
     finally:
-        _stop(proc, load_config(COMPOSE_RUN).reward.code_concurrency)
+        _stop(proc, load_config(COMPOSE_RUN, model=TrainConfig).reward.code_concurrency)
     assert _work_dirs(sandbox_tmp) == [], "a sandbox work dir was left behind at shutdown"
