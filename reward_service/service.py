@@ -46,8 +46,8 @@ class WorkerPool:
         self.procs[i] = p
 
     def _watch(self) -> None:
-        for i, p in enumerate(self.procs):
-            if p is None:
+        for i, p in enumerate(self.procs):  # first start, or a restart after one died
+            if p is None or not p.is_alive():
                 self._spawn(i)
         while not self.supervisor.stop.wait(0.5):
             for i, p in enumerate(self.procs):
@@ -80,7 +80,8 @@ def build_pool(cfg: RunConfig, n: int, supervisor: Supervisor) -> tuple[WorkerPo
 
     def health() -> dict[str, Any]:
         alive = pool.alive()
-        status: dict[str, Any] = {**supervisor.health(), "workers_alive": alive, "worker_restarts": pool.restarts}
+        status: dict[str, Any] = {**supervisor.health(), "workers_alive": alive, "worker_restarts": pool.restarts,
+                                  "worker_pids": [p.pid if p is not None else None for p in pool.procs]}
         if client is not None:
             status["redis"] = reachable(client)
             status["ready"] = status["ok"] and status["redis"] and all(alive)
