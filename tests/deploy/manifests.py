@@ -96,8 +96,11 @@ def pod_specs(obj: dict[str, Any]) -> Iterator[dict[str, Any]]:
 
 
 def containers(obj: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Every container of the object's pods: the main ones first, then the init containers."""
     for pod in pod_specs(obj):
         yield from pod.get("containers", [])
+    for pod in pod_specs(obj):
+        yield from pod.get("initContainers", [])
 
 
 def container_env(container: dict[str, Any]) -> dict[str, str]:

@@ -101,7 +101,18 @@ def test_helm_config_loads_with_each_pods_env(variant: str) -> None:
                                model=TrainConfig)
             assert cfg.redis.url and cfg.learner.public_url.startswith("http://demo-ringrl-learner:")
             seen += 1
-    assert seen == 3
+    assert seen == 4  # rollout, reward, learner, driver
+
+
+RUN_SECTIONS = ("model", "tasks", "sft", "selection", "stages", "eval_size", "eval_samples")
+
+
+def test_compose_and_helm_describe_the_same_run() -> None:
+    """Both ship the embedded demo's run in services mode; they must not drift apart."""
+    compose_cfg = load_config(COMPOSE_RUN, env={}, model=TrainConfig)
+    helm_cfg = parse_config(_run_yaml(render({})), "helm", env={}, model=TrainConfig)
+    for section in RUN_SECTIONS:
+        assert getattr(compose_cfg, section) == getattr(helm_cfg, section), section
 
 
 def test_kuberay_config_loads() -> None:

@@ -51,7 +51,7 @@ def _container(objs: dict[tuple[str, str], dict[str, Any]], kind: str, part: str
     return next(containers(objs[(kind, f"demo-ringrl-{part}")]))
 
 
-WORKLOADS = {"rollout": "Deployment", "reward": "Deployment", "learner": "StatefulSet"}
+WORKLOADS = {"rollout": "Deployment", "reward": "Deployment", "learner": "StatefulSet", "driver": "Deployment"}
 
 
 def test_default_objects() -> None:
@@ -62,6 +62,8 @@ def test_default_objects() -> None:
         ("Service", "demo-ringrl-rollout"), ("Deployment", "demo-ringrl-rollout"),
         ("Service", "demo-ringrl-reward"), ("Deployment", "demo-ringrl-reward"),
         ("Service", "demo-ringrl-learner"), ("StatefulSet", "demo-ringrl-learner"),
+        ("PersistentVolumeClaim", "demo-ringrl-models"),
+        ("PersistentVolumeClaim", "demo-ringrl-driver"), ("Deployment", "demo-ringrl-driver"),
     }
     assert objs[("Deployment", "demo-ringrl-reward")]["spec"]["replicas"] == 2
     learner = objs[("StatefulSet", "demo-ringrl-learner")]
@@ -89,7 +91,7 @@ def test_parts_probe_healthz_and_carry_resources(variant: str) -> None:
 
 def test_scrape_annotations() -> None:
     objs = _objs({})
-    expect = {"rollout": "8000", "reward": "9101", "learner": "8002"}
+    expect = {"rollout": "8000", "reward": "9101", "learner": "8002", "driver": "8003"}
     for part, kind in WORKLOADS.items():
         ann = objs[(kind, f"demo-ringrl-{part}")]["spec"]["template"]["metadata"]["annotations"]
         assert ann["prometheus.io/scrape"] == "true" and ann["prometheus.io/path"] == "/metrics"
@@ -109,22 +111,89 @@ def test_gpu_toggle() -> None:
         assert c["resources"]["limits"]["nvidia.com/gpu"] == 1
         assert c["image"] == "ringrl:gpu"
         assert container_env(c)["RINGRL_LEARNER__BROADCAST_BACKEND"] == "nccl"
-    reward = _container(gpu, "Deployment", "reward")
-    assert reward["image"] == "ringrl:cpu" and "nvidia.com/gpu" not in reward["resources"]["limits"]
+    for part in ("reward", "driver"):
+        c = _container(gpu, "Deployment", part)
+        assert c["image"] == "ringrl:cpu" and "nvidia.com/gpu" not in c["resources"]["limits"], part
     for objs, backend in ((cpu, "gloo"), (gpu, "nccl")):
         env = container_env(_container(objs, "Deployment", "rollout"))
         assert env["RINGRL_LEARNER__BROADCAST_BACKEND"] == backend  # the engines read the same field
         assert env["RINGRL_ROLLOUT__FOLLOW_WEIGHTS"] == "true"
 
 
-def test_model_volume() -> None:
-    for objs, mounted in ((_objs({}), False), (_objs(VARIANTS["models"]), True)):
-        for part in ("rollout", "learner"):
-            c = _container(objs, WORKLOADS[part], part)
-            mounts = {m["name"]: m for m in c["volumeMounts"]}
-            assert ("models" in mounts) is mounted
-            if mounted:
-                assert mounts["models"] == {"name": "models", "mountPath": "/models", "readOnly": True}
+def _init(objs: dict[tuple[str, str], dict[str, Any]], part: str) -> dict[str, Any] | None:
+    pod = objs[(WORKLOADS[part], f"demo-ringrl-{part}")]["spec"]["template"]["spec"]
+    inits = pod.get("initContainers", [])
+    assert len(inits) <= 1
+    return inits[0] if inits else None
+
+
+def _volume(objs: dict[tuple[str, str], dict[str, Any]], part: str, name: str) -> dict[str, Any] | None:
+    pod = objs[(WORKLOADS[part], f"demo-ringrl-{part}")]["spec"]["template"]["spec"]
+    return next((v for v in pod["volumes"] if v["name"] == name), None)
+
+
+@pytest.mark.parametrize("variant", ["default", "models", "gpu"])
+def test_init_model_writes_the_model_rollout_and_learner_start_from(variant: str) -> None:
+    """The learner pod's init container runs `ringrl init-model` into the models volume, as root
+    with exactly the reward sandbox's capabilities (checkpoint choice scores code); rollout waits
+    for the model; both are pointed at it and mount it read-only."""
+    objs = _objs(VARIANTS[variant])
+    init = _init(objs, "learner")
+    assert init is not None and init["args"] == ["init-model", "/models/start", "/etc/ringrl/run.yaml"]
+    assert container_env(init)["RINGRL_REWARD__SANDBOX__BACKEND"] == "rlimit"
+    reward = _container(objs, "Deployment", "reward")["securityContext"]
+    ctx = init["securityContext"]
+    assert (ctx["runAsUser"], ctx["runAsNonRoot"], ctx["allowPrivilegeEscalation"]) == (0, False, False)
+    assert ctx["capabilities"] == reward["capabilities"]
+    assert {m["mountPath"]: m.get("readOnly", False) for m in init["volumeMounts"]} == {
+        "/etc/ringrl": True, "/models": False}
+    wait = _init(objs, "rollout")
+    assert wait is not None and wait["command"][-1] == "/models/start"
+    assert wait["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    volume = _volume(objs, "learner", "models")
+    assert volume == _volume(objs, "rollout", "models")
+    if variant == "models":
+        assert volume["persistentVolumeClaim"]["claimName"] == "ringrl-models"
+        assert ("PersistentVolumeClaim", "demo-ringrl-models") not in objs
+    else:
+        assert volume["persistentVolumeClaim"]["claimName"] == "demo-ringrl-models"
+        pvc = objs[("PersistentVolumeClaim", "demo-ringrl-models")]
+        assert pvc["spec"]["accessModes"] == (["ReadWriteMany"] if variant == "gpu" else ["ReadWriteOnce"])
+    for part in ("rollout", "learner"):
+        c = _container(objs, WORKLOADS[part], part)
+        mounts = {m["name"]: m for m in c["volumeMounts"]}
+        assert mounts["models"] == {"name": "models", "mountPath": "/models", "readOnly": True}
+        env = container_env(c)
+        assert env["RINGRL_ROLLOUT__MODEL"] == env["RINGRL_LEARNER__MODEL_PATH"] == "/models/start"
+
+
+def test_init_model_options() -> None:
+    untrained = _objs({"models": {"initModel": {"sft": False, "path": "/models/m0"}}})
+    init = _init(untrained, "learner")
+    assert init is not None and init["args"] == ["init-model", "/models/m0", "/etc/ringrl/run.yaml", "--no-sft"]
+    assert _init(untrained, "rollout")["command"][-1] == "/models/m0"  # type: ignore[index]
+    off = _objs({"models": {"initModel": {"enabled": False}}})
+    for part in ("rollout", "learner"):
+        assert _init(off, part) is None and _volume(off, part, "models") is None
+        assert "RINGRL_ROLLOUT__MODEL" not in container_env(_container(off, WORKLOADS[part], part))
+    assert ("PersistentVolumeClaim", "demo-ringrl-models") not in off
+
+
+def test_driver() -> None:
+    objs = _objs({})
+    driver = objs[("Deployment", "demo-ringrl-driver")]
+    assert driver["spec"]["replicas"] == 1 and driver["spec"]["strategy"] == {"type": "Recreate"}
+    env = container_env(_container(objs, "Deployment", "driver"))
+    assert env["RINGRL_DRIVER__ROLLOUT_URLS"] == "[http://demo-ringrl-rollout:8000]"
+    assert env["RINGRL_DRIVER__REWARD_URL"] == "http://demo-ringrl-reward:8001"
+    assert (env["RINGRL_DRIVER__HOST"], env["RINGRL_DRIVER__PORT"]) == ("0.0.0.0", "8003")
+    services = {name: obj for (kind, name), obj in objs.items() if kind == "Service"}
+    ports = {p["name"]: p["port"] for p in services["demo-ringrl-rollout"]["spec"]["ports"]}
+    assert ports["http"] == 8000
+    assert {p["name"]: p["port"] for p in services["demo-ringrl-reward"]["spec"]["ports"]}["http"] == 8001
+    assert _volume(objs, "driver", "data") == {"name": "data",
+                                               "persistentVolumeClaim": {"claimName": "demo-ringrl-driver"}}
+    assert ("Deployment", "demo-ringrl-driver") not in _objs({"driver": {"enabled": False}})
 
 
 def test_weight_broadcast_world_size_follows_rollout_replicas() -> None:
@@ -159,7 +228,7 @@ def test_ports_are_values() -> None:
 def test_security_contexts() -> None:
     for variant, values in VARIANTS.items():
         objs = _objs(values)
-        for part in ("rollout", "learner"):
+        for part in ("rollout", "learner", "driver"):
             obj = objs[(WORKLOADS[part], f"demo-ringrl-{part}")]
             pod = obj["spec"]["template"]["spec"]["securityContext"]
             assert pod["runAsNonRoot"] is True and pod["runAsUser"] == 10001, (variant, part)
@@ -168,7 +237,8 @@ def test_security_contexts() -> None:
     rlimit = _objs({})
     c = _container(rlimit, "Deployment", "reward")
     assert container_env(c)["RINGRL_REWARD__SANDBOX__BACKEND"] == "rlimit"
-    assert c["securityContext"]["capabilities"] == {"drop": ["ALL"], "add": ["CHOWN", "DAC_OVERRIDE", "SETUID", "SETGID", "KILL"]}
+    assert c["securityContext"]["capabilities"] == {"drop": ["ALL"],
+                                                    "add": ["CHOWN", "DAC_OVERRIDE", "SETUID", "SETGID", "KILL"]}
     assert "privileged" not in c["securityContext"]
     bwrap = _objs(VARIANTS["bwrap"])
     c = _container(bwrap, "Deployment", "reward")

@@ -62,6 +62,32 @@ app.kubernetes.io/component: {{ .component }}
   value: {{ ternary (add1 (int .Values.rollout.replicas)) 0 .Values.weightBroadcast.enabled | quote }}
 - name: RINGRL_LEARNER__BROADCAST_BACKEND
   value: {{ include "ringrl.broadcastBackend" . | quote }}
+{{- if .Values.models.initModel.enabled }}
+- name: RINGRL_ROLLOUT__MODEL
+  value: {{ .Values.models.initModel.path | quote }}
+- name: RINGRL_LEARNER__MODEL_PATH
+  value: {{ .Values.models.initModel.path | quote }}
+{{- end }}
+{{- end -}}
+
+{{/* The volume source of the starting model (mounted at /models), or nothing. */}}
+{{- define "ringrl.modelsVolume" -}}
+{{- if .Values.models.volume -}}
+{{- toYaml .Values.models.volume -}}
+{{- else if .Values.models.initModel.enabled -}}
+persistentVolumeClaim:
+  claimName: {{ include "ringrl.fullname" . }}-models
+{{- end -}}
+{{- end -}}
+
+{{/* The reward sandbox's (rlimit backend) capabilities, for whatever scores code: exactly the
+     compose file's set (docs/deploy.md): hand a program its work dir (CHOWN), enter and remove
+     it (DAC_OVERRIDE), switch to the slot uid (SETUID, SETGID), end it on time (KILL). */}}
+{{- define "ringrl.sandboxCapabilities" -}}
+allowPrivilegeEscalation: false
+capabilities:
+  drop: [ALL]
+  add: [CHOWN, DAC_OVERRIDE, SETUID, SETGID, KILL]
 {{- end -}}
 
 {{- define "ringrl.broadcastBackend" -}}
