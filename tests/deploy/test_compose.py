@@ -106,6 +106,17 @@ def test_ringrl_services_share_one_image_config_and_redis() -> None:
     assert services["reward"]["deploy"]["replicas"] == 2
 
 
+def test_code_scorers_share_the_uid_leases() -> None:
+    """Every container that runs the sandbox on this host leases slot uids from one folder."""
+    services = compose()["services"]
+    scorers = [name for name, svc in services.items() if "SETUID" in (svc.get("cap_add") or [])]
+    assert sorted(scorers) == ["init-model", "reward"]
+    for name in scorers:
+        lease_dir = compose_env(name)["RINGRL_REWARD__SANDBOX__UID_LEASE_DIR"]
+        assert f"sandbox-uids:{lease_dir}" in services[name]["volumes"], name
+    assert "sandbox-uids" in compose()["volumes"]
+
+
 def test_driver_reaches_the_services_by_name() -> None:
     env = compose_env("driver")
     assert env["RINGRL_DRIVER__ROLLOUT_URLS"] == "[http://rollout:8000]"

@@ -146,7 +146,7 @@ def test_init_model_writes_the_model_rollout_and_learner_start_from(variant: str
     assert (ctx["runAsUser"], ctx["runAsNonRoot"], ctx["allowPrivilegeEscalation"]) == (0, False, False)
     assert ctx["capabilities"] == reward["capabilities"]
     assert {m["mountPath"]: m.get("readOnly", False) for m in init["volumeMounts"]} == {
-        "/etc/ringrl": True, "/models": False}
+        "/etc/ringrl": True, "/models": False, "/run/ringrl/sandbox-uids": False}
     wait = _init(objs, "rollout")
     assert wait is not None and wait["command"][-1] == "/models/start"
     assert wait["securityContext"]["capabilities"]["drop"] == ["ALL"]
@@ -177,6 +177,18 @@ def test_init_model_options() -> None:
         assert _init(off, part) is None and _volume(off, part, "models") is None
         assert "RINGRL_ROLLOUT__MODEL" not in container_env(_container(off, WORKLOADS[part], part))
     assert ("PersistentVolumeClaim", "demo-ringrl-models") not in off
+
+
+@pytest.mark.parametrize("host_path", ["/run/ringrl/sandbox-uids", ""])
+def test_code_scorers_on_a_node_share_the_uid_leases(host_path: str) -> None:
+    objs = _objs({"reward": {"sandbox": {"uidLeaseHostPath": host_path}}})
+    want = {"hostPath": {"path": host_path, "type": "DirectoryOrCreate"}} if host_path else {"emptyDir": {}}
+    for part, c in (("reward", _container(objs, "Deployment", "reward")), ("learner", _init(objs, "learner"))):
+        assert c is not None
+        lease_dir = container_env(c)["RINGRL_REWARD__SANDBOX__UID_LEASE_DIR"]
+        assert {"name": "sandbox-uids", "mountPath": lease_dir} in c["volumeMounts"], part
+        assert _volume(objs, part, "sandbox-uids") == {"name": "sandbox-uids", **want}, part
+    assert _volume(objs, "rollout", "sandbox-uids") is None
 
 
 def test_driver() -> None:

@@ -28,8 +28,6 @@ from typing import Any
 import httpx
 import pytest
 
-from protocol.config import load_config
-from protocol.config.train import TrainConfig
 from tests.conftest import free_port
 from tests.deploy.manifests import (
     COMPOSE_RUN,
@@ -47,7 +45,7 @@ CAP_BITS = {"CHOWN": 0, "DAC_OVERRIDE": 1, "DAC_READ_SEARCH": 2, "FOWNER": 3, "F
             "KILL": 5, "SETGID": 6, "SETUID": 7, "SETPCAP": 8, "NET_BIND_SERVICE": 10,
             "SYS_CHROOT": 18, "SYS_ADMIN": 21, "SYS_RESOURCE": 24}
 WALL_S = 3          # the sandbox's wall-clock limit in this test (the deploy default is 10)
-UID_BASE = 64000    # slot uids of this test, apart from the ones tests/reward uses
+UID_BASE = 64000    # slot uids of this test (leased from here up), apart from tests/reward's
 ITEMS = [  # (item, reward)
     ({"task": "code", "response": "```python\nprint(int(input()) * 2)\n```",
       "tests": {"io_tests": [{"stdin": "21\n", "stdout": "42"}]}}, 1.0),
@@ -102,13 +100,26 @@ def helm_grant() -> Grant:
     return _k8s_grant(pod, container, "helm reward")
 
 
-def kuberay_grant() -> Grant:
-    (cluster,) = [d for d in kuberay_docs() if d["kind"] == "RayCluster"]
-    (group,) = [g for g in cluster["spec"]["workerGroupSpecs"] if g["groupName"] == "cpu"]
-    pod = group["template"]["spec"]
-    (container,) = pod["containers"]
+def helm_init_model_grant() -> Grant:
+    objs = by_kind_name(render({}))
+    pod = objs[("StatefulSet", "demo-ringrl-learner")]["spec"]["template"]["spec"]
+    (container,) = pod["initContainers"]
     assert container_env(container)["RINGRL_REWARD__SANDBOX__BACKEND"] == "rlimit"
-    return _k8s_grant(pod, container, "kuberay cpu workers")
+    return _k8s_grant(pod, container, "helm learner init-model")
+
+
+def kuberay_grants() -> dict[str, Grant]:
+    """The head (the driver scores held-out code) and the cpu workers (reward actors)."""
+    (cluster,) = [d for d in kuberay_docs() if d["kind"] == "RayCluster"]
+    pods = {"head": cluster["spec"]["headGroupSpec"]["template"]["spec"]}
+    pods |= {g["groupName"]: g["template"]["spec"] for g in cluster["spec"]["workerGroupSpecs"]
+             if g["groupName"] == "cpu"}
+    grants = {}
+    for name, pod in pods.items():
+        (container,) = pod["containers"]
+        assert container_env(container)["RINGRL_REWARD__SANDBOX__BACKEND"] == "rlimit", name
+        grants[f"kuberay {name}"] = _k8s_grant(pod, container, f"kuberay {name}")
+    return grants
 
 
 def test_every_deploy_file_grants_the_same_set() -> None:
@@ -116,7 +127,10 @@ def test_every_deploy_file_grants_the_same_set() -> None:
     assert compose_env("reward")["RINGRL_REWARD__SANDBOX__BACKEND"] == "rlimit"
     assert (base.uid, base.gid) == (0, 0), "the sandbox switches uids, so the scorer starts as root"
     assert base.caps == {"CHOWN", "DAC_OVERRIDE", "SETUID", "SETGID", "KILL"}
-    for name, grant in (("helm", helm_grant()), ("kuberay", kuberay_grant())):
+    init = compose()["services"]["init-model"]
+    assert (str(init["user"]), frozenset(init["cap_add"])) == ("0:0", base.caps), "compose init-model"
+    grants = {"helm reward": helm_grant(), "helm init-model": helm_init_model_grant(), **kuberay_grants()}
+    for name, grant in grants.items():
         assert (grant.uid, grant.gid, grant.caps) == (base.uid, base.gid, base.caps), name
 
 
@@ -157,8 +171,8 @@ def _work_dirs(tmp: Path) -> list[str]:
     return sorted(p.name for p in tmp.glob("ringrl-sbx-*"))
 
 
-def _stop(proc: subprocess.Popen[bytes], slots: int) -> None:
-    """End the server's process group, then anything still running as this test's slot uids
+def _stop(proc: subprocess.Popen[bytes], lease_dir: Path) -> None:
+    """End the server's process group, then anything still running as the slot uids it leased
     (a program the server failed to kill runs in its own session, as its slot's uid)."""
     for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
         try:
@@ -170,7 +184,7 @@ def _stop(proc: subprocess.Popen[bytes], slots: int) -> None:
             break
         except subprocess.TimeoutExpired:
             continue
-    for uid in range(UID_BASE, UID_BASE + slots):
+    for uid in sorted(int(p.stem) for p in lease_dir.glob("*.lock")):
         # As that uid, kill(-1) reaches exactly its processes.
         subprocess.run(["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", sys.executable,
                         "-c", "import os, signal\ntry: os.kill(-1, signal.SIGKILL)\nexcept OSError: pass"],
@@ -193,7 +207,9 @@ def test_reward_server_scores_under_exactly_the_granted_capabilities(
     env |= {k: v for k, v in compose_env("reward").items() if k.startswith("RINGRL_")}
     env |= {"RINGRL_REWARD__HOST": "127.0.0.1", "RINGRL_REWARD__PORT": str(port),
             "RINGRL_REWARD__SANDBOX__WALL_S": str(WALL_S),
-            "RINGRL_REWARD__SANDBOX__UID_BASE": str(UID_BASE), "TMPDIR": str(sandbox_tmp)}
+            "RINGRL_REWARD__SANDBOX__UID_BASE": str(UID_BASE), "TMPDIR": str(sandbox_tmp),
+            # A private lease folder: the slot uids this server takes are exactly its files.
+            "RINGRL_REWARD__SANDBOX__UID_LEASE_DIR": str(tmp_path / "uids")}
     ringrl = venv_tool("ringrl")
     log = tmp_path / "reward.log"
     argv = _setpriv(grant) + [ringrl, "serve", "reward", str(COMPOSE_RUN), "--workers", "0"]
@@ -218,6 +234,7 @@ def test_reward_server_scores_under_exactly_the_granted_capabilities(
             assert time.monotonic() < deadline, f"no /healthz 200 within 120 s:\n{logged()}"
             time.sleep(0.2)
         assert health.json()["sandbox"] == "rlimit"
+        assert list((tmp_path / "uids").glob("*.lock")), "the server leased its slot uids there"
 
         # setpriv exec'd the server: it holds exactly the set, no more.
         held = _proc_caps(proc.pid)
@@ -240,5 +257,5 @@ def test_reward_server_scores_under_exactly_the_granted_capabilities(
         assert results[4]["status"] == "timeout", results[4]
         assert _work_dirs(sandbox_tmp) == [], "a sandbox work dir was left behind"
     finally:
-        _stop(proc, load_config(COMPOSE_RUN, model=TrainConfig).reward.code_concurrency)
+        _stop(proc, tmp_path / "uids")
     assert _work_dirs(sandbox_tmp) == [], "a sandbox work dir was left behind at shutdown"

@@ -143,3 +143,26 @@ capabilities:
 {{- end -}}
 {{- toYaml $res -}}
 {{- end -}}
+
+{{/* Where sandbox slots lease their uids (reward.sandbox.uid_lease_dir), shared by every pod on
+     a node that scores code: env, mount and volume. */}}
+{{- define "ringrl.uidLeaseEnv" -}}
+- name: RINGRL_REWARD__SANDBOX__UID_LEASE_DIR
+  value: /run/ringrl/sandbox-uids
+{{- end -}}
+
+{{- define "ringrl.uidLeaseMount" -}}
+- name: sandbox-uids
+  mountPath: /run/ringrl/sandbox-uids
+{{- end -}}
+
+{{- define "ringrl.uidLeaseVolume" -}}
+- name: sandbox-uids
+  {{- with .Values.reward.sandbox.uidLeaseHostPath }}
+  hostPath:
+    path: {{ . }}
+    type: DirectoryOrCreate
+  {{- else }}
+  emptyDir: {}
+  {{- end }}
+{{- end -}}
