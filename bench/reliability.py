@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import threading
 import time
@@ -83,6 +84,7 @@ class Fault:
     injected_s: float = 0.0  # since the driver started
     recovered_s: float | None = None  # seconds from injection until the run made progress again
     note: str = ""
+    stall_writes: tuple[int, int] | None = None  # groups written in the first/second half of a stall
 
 
 @dataclass
@@ -90,15 +92,19 @@ class Samples:
     """What a monitor thread saw once a second."""
     t: list[float] = field(default_factory=list)
     version: list[int] = field(default_factory=list)
-    backlog: list[int] = field(default_factory=list)
+    backlog: list[int] = field(default_factory=list)  # rollouts + scored - held by the learner
+    rollouts: list[int] = field(default_factory=list)
+    scored: list[int] = field(default_factory=list)  # less what the learner holds
     memory: list[int] = field(default_factory=list)
     engine_versions: dict[str, list[tuple[float, int]]] = field(default_factory=dict)
 
 
 class Scenario:
-    def __init__(self, run_dir: Path, stall_s: float, cut_s: float, math_steps: int = 6, code_steps: int = 4,
-                 sft_steps: int = 600, log: Callable[[str], None] = print) -> None:
-        self.run_dir, self.stall_s, self.cut_s, self.say = run_dir, stall_s, cut_s, log
+    def __init__(self, run_dir: Path, stall_s: float, cut_s: float, math_steps: int = 12, code_steps: int = 8,
+                 sft_steps: int = 600, log: Callable[[str], None] = print, model: Path | None = None) -> None:
+        """`model`: a starting model to put on the volume first (init-model then finds it and does
+        nothing, as on a second `up`); None: init-model builds it (SFT, minutes)."""
+        self.run_dir, self.stall_s, self.cut_s, self.say, self.model = run_dir, stall_s, cut_s, log, model
         self.total = math_steps + code_steps
         run_dir.mkdir(parents=True, exist_ok=True)
         self.config = run_yaml(run_dir, math_steps, code_steps, sft_steps)
@@ -149,6 +155,8 @@ class Scenario:
             s.t.append(time.monotonic() - self.t0)
             s.version.append(int(v or -1))
             s.backlog.append(int(a) + int(b) - int(held))
+            s.rollouts.append(int(a))
+            s.scored.append(int(b) - int(held))
             s.memory.append(int(mem["used_memory"]))
             for host in ROLLOUTS:
                 w = self._http(host, 8000, "/v1/weights")
@@ -156,9 +164,11 @@ class Scenario:
                     s.engine_versions.setdefault(host, []).append((s.t[-1], int(w["version"])))
 
     def _wait_version_above(self, v: int, timeout: float) -> float | None:
+        """Seconds until the learner trains past `v` (or has trained the whole plan)."""
         start = time.monotonic()
         while time.monotonic() - start < timeout:
-            if self.version() > v:
+            now = self.version()
+            if now > v or now >= self.total:
                 return time.monotonic() - start
             time.sleep(0.5)
         return None
@@ -195,11 +205,16 @@ class Scenario:
             st.start("learner")
             fault.recovered_s = self._wait_version_above(self.version(), 600)
         elif fault.name.startswith("stall learner"):
-            before = self.samples.backlog[-1] if self.samples.backlog else 0
+            written = self._redis().scard
+            n0 = written(self.keys.audit_written)
             st.pause("learner")
-            time.sleep(self.stall_s)
-            fault.note = f"backlog {before} -> {self.samples.backlog[-1] if self.samples.backlog else 0} " \
-                         f"groups during the stall (bound {MAX_BACKLOG})"
+            time.sleep(self.stall_s / 2)
+            n1 = written(self.keys.audit_written)
+            time.sleep(self.stall_s / 2)
+            n2 = written(self.keys.audit_written)
+            fault.note = (f"groups written: {n1 - n0} in the stall's first half, {n2 - n1} in its second "
+                          f"(producers blocked); backlog {self.samples.backlog[-1] if self.samples.backlog else 0}")
+            fault.stall_writes = (n1 - n0, n2 - n1)
             st.resume("learner")
             fault.recovered_s = self._wait_version_above(self.version(), 600)
         elif fault.name == "SIGKILL rollout-0":
@@ -232,6 +247,8 @@ class Scenario:
             st.start("redis")
             st.wait_tcp("redis", 6379)
             t = time.monotonic()
+            if self.model is not None:
+                shutil.copytree(self.model, st.run_dir / "volumes" / "ringrl-data" / "models" / "start")
             st.start("init-model")
             code = st.wait("init-model", timeout=1500)
             if code != 0:
@@ -248,10 +265,11 @@ class Scenario:
             self._start_driver()
             monitor = threading.Thread(target=self._monitor, daemon=True)
             monitor.start()
-            plan = [Fault("SIGKILL reward-1", 1), Fault("restart Redis", 2),
-                    Fault(f"cut rollout-1 link {self.cut_s:.0f}s", 3), Fault("SIGKILL learner", 4),
-                    Fault(f"stall learner {self.stall_s:.0f}s (SIGSTOP)", 5), Fault("SIGKILL rollout-0", 7),
-                    Fault("SIGTERM driver, restart", 8)] if faults else []
+            at = [max(1, round(self.total * k / 8)) for k in range(1, 8)]  # spread over the run
+            names = ["SIGKILL reward-1", "restart Redis", f"cut rollout-1 link {self.cut_s:.0f}s",
+                     "SIGKILL learner", f"stall learner {self.stall_s:.0f}s (SIGSTOP)", "SIGKILL rollout-0",
+                     "SIGTERM driver, restart"]
+            plan = [Fault(n, v) for n, v in zip(names, at)] if faults else []
             deadline = time.monotonic() + timeout_s
             while time.monotonic() < deadline:
                 health = self._http("driver", 8003, "/healthz")
@@ -313,6 +331,8 @@ class Scenario:
             "learner": state,
             "summary": json.loads(summary_path.read_text()) if summary_path else None,
             "max_backlog_seen": max(self.samples.backlog, default=0),
+            "max_rollouts_seen": max(self.samples.rollouts, default=0),
+            "max_scored_seen": max(self.samples.scored, default=0),
             "max_backlog": MAX_BACKLOG,
             "redis_memory_max_mb": max(self.samples.memory, default=0) / 2 ** 20,
             "engine_versions": versions,
@@ -358,7 +378,8 @@ and the stall, until the learner trains its next step.
 | fates at the learner | {report['fates']} |
 | still in the streams at the end | {report['in_streams_at_end']} |
 | response tokens trained twice | {report['tokens_trained_twice']} |
-| largest backlog seen (bound {report['max_backlog']} groups) | {report['max_backlog_seen']} |
+| largest stream lengths seen: rollouts, scored (less what the learner holds); bound {report['max_backlog']} each | {report['max_rollouts_seen']}, {report['max_scored_seen']} |
+| largest sum of the two (new prompts wait while it is at {report['max_backlog']} or more) | {report['max_backlog_seen']} |
 | largest Redis memory | {report['redis_memory_max_mb']:.1f} MB |
 | learner's final version (steps planned {report['total_steps']}) | {report['final_version']} |
 | exit codes on SIGTERM at the end | {report['exit_codes']} |

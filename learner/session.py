@@ -80,8 +80,11 @@ class LearnerSession:
         self.learner = start_learner(cfg, start_version)
         self._trim_audit()
         self.client = connect(cfg.redis.url)
+        # No XAUTOCLAIM: the learner is the group's one consumer, and what it holds unacked until its
+        # next checkpoint is idle by design; reclaiming it would re-read it as duplicates every
+        # second. A restarted learner gets its own pending entries back through recover().
         self.consumer = StreamConsumer(self.client, self.keys.scored, LEARNER_GROUP, consumer,
-                                       claim_idle_ms=cfg.redis.claim_idle_ms)
+                                       claim_idle_ms=cfg.redis.claim_idle_ms, reclaim_every_s=float("inf"))
         self.registry = CollectorRegistry()
         self._step_gauge = Gauge("ringrl_learner_step", "Last step's metrics", ["name"], registry=self.registry)
         self._count_gauge = Gauge("ringrl_learner_counters", "Batcher counters (groups/tokens by fate)",

@@ -221,7 +221,9 @@ class ServiceDriver:
         self.wait_ready()
         for url in self.dc.rollout_urls:
             self.supervisor.start(f"feed {url}", lambda u=url: self.feed(u))
-        summaries, last_step = [], 0
+        done_before = self.out / "summary.json"  # a restarted driver keeps the stages it measured
+        summaries: list[dict[str, Any]] = json.loads(done_before.read_text()) if done_before.is_file() else []
+        last_step = 0
         version = self.learner_version()
         for stage in self.cfg.stages:
             first, last_step = last_step, last_step + stage.steps
@@ -251,6 +253,7 @@ class ServiceDriver:
             after = self.held_out(stage, last_step)
             self.log.log({"step": last_step, "stage": stage.name, **after})
             state = {k.decode(): v.decode() for k, v in self.client.hgetall(self.keys.learner_state).items()}
+            summaries = [x for x in summaries if x["stage"] != stage.name]
             summaries.append({"stage": stage.name, "steps": stage.steps, "before": before, "after": after,
                               "minutes": (time.monotonic() - t0) / 60, "learner": state, **self.status})
             (self.out / "summary.json").write_text(json.dumps(summaries, indent=2))
