@@ -75,6 +75,9 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_COMPOSE = REPO / "deploy" / "compose" / "docker-compose.yaml"
 DEFAULT_VENV = REPO / ".venv"
 
+INITS = {"tini", "docker-init", "dumb-init"}
+"""Container init programs an entrypoint may start with (dropped natively)."""
+
 PREFIX = "rrl"
 # rrl + 5 hex digits: short enough that every interface name fits Linux's 15 characters.
 _RUN_ID = re.compile(rf"^{PREFIX}([0-9a-f]{{5}})")
@@ -388,6 +391,10 @@ class ComposeProject:
                 shutil.copyfile(source, dest)
 
         entrypoint = _argv(svc["entrypoint"]) if "entrypoint" in svc else list(image.entrypoint)
+        # The image's init (tini) is PID 1's job in a container; natively each process already has
+        # its own session and a parent that reaps it, so the program behind `--` runs directly.
+        if entrypoint and Path(entrypoint[0]).name in INITS and "--" in entrypoint:
+            entrypoint = entrypoint[entrypoint.index("--") + 1:]
         # compose: an `entrypoint` override drops the image's CMD; command is what is written.
         command = list(args_override) if args_override is not None else _argv(svc.get("command"))
         argv = [rewrite_paths(a, paths) for a in entrypoint + command]
