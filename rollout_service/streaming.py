@@ -71,7 +71,7 @@ class Gate:
     def reason(self, inflight: int = 0) -> str | None:
         """`inflight`: groups this server is generating, not yet in the stream."""
         backlog = self.backpressure.backlog()
-        if backlog >= self.backpressure.max_backlog:
+        if backlog + inflight >= self.backpressure.max_backlog:  # what generates now lands there too
             return "backlog"
         learner = self.learner()
         if learner is None:
@@ -111,7 +111,10 @@ class Rollouts:
         self.supervisor = supervisor or Supervisor()
         self._pending: queue.Queue[tuple[Group, Prompt, float]] = queue.Queue(config.max_pending_prompts)
         self._finished: queue.Queue[Group] = queue.Queue()
+        # A slot is held from the start of generation until the group is in the stream (or handed
+        # back): while the writer waits on a full stream, finished groups do not pile up behind it.
         self._slots = threading.Semaphore(config.max_inflight_groups)
+        self._held = 0  # slots held: groups generating or finished and not yet written
         self._stop = threading.Event()  # admission ends
         self._closing = threading.Event()  # submit refuses
         self._lock = threading.Lock()
@@ -233,11 +236,11 @@ class Rollouts:
         log.warning("handed back %d prompts to %s", len(items), self.keys.returned)
 
     def _wait_gate(self) -> None:
-        reason = self.gate.reason(len(self._inflight))
+        reason = self.gate.reason(self._held)
         while reason is not None and not self._stop.is_set():
             self.metrics.paused.labels(reason).set(1)
             time.sleep(self.config.poll_s)
-            reason = self.gate.reason(len(self._inflight))
+            reason = self.gate.reason(self._held)
         for r in ("backlog", "staleness"):
             self.metrics.paused.labels(r).set(0)
 
@@ -258,6 +261,7 @@ class Rollouts:
                 group, prompt, queued_at = self._admitting[0]
                 if not self._slots.acquire(timeout=0.1):
                     continue
+                self._take_slots(1)
                 self.metrics.queue_wait.observe(time.monotonic() - queued_at)
                 with self._lock:
                     self._inflight[group.group_id] = (group, prompt)
@@ -268,7 +272,7 @@ class Rollouts:
                     with self._lock:  # not started after all: it goes back to the head of the batch
                         self._inflight.pop(group.group_id, None)
                         self._admitting.insert(0, (group, prompt, queued_at))
-                    self._slots.release()
+                    self._release(1)
                     raise
                 future.add_done_callback(lambda f, g=group: self._finish(g, f))
             self.metrics.pending.set(self._pending.qsize())
@@ -285,15 +289,26 @@ class Rollouts:
             self._active -= dropped
             self.dropped_stage += dropped
 
+    def _take_slots(self, n: int) -> None:
+        with self._lock:
+            self._held += n
+
+    def _release(self, n: int) -> None:
+        with self._lock:
+            self._held -= n
+        for _ in range(n):
+            self._slots.release()
+
     def _finish(self, group: Group, future: object) -> None:
-        self._slots.release()
         with self._lock:
             mine = self._inflight.pop(group.group_id, None)
         if mine is None:  # handed back while it ran (shutdown past the drain deadline)
+            self._release(1)
             return
         try:
             responses: list[Response] = future.result()  # type: ignore[attr-defined]
         except BaseException as exc:
+            self._release(1)
             if self.engine.error is not None:  # the engine is gone: the process must be replaced
                 self._hand_back([mine])
                 self.supervisor.give_up(f"engine: {type(exc).__name__}: {exc}")
@@ -321,6 +336,7 @@ class Rollouts:
             self.producer.produce_raw([encode_group(g) for g in batch], stop=self._writer_stop.is_set,
                                       ids=[g.group_id for g in batch])
             self._unwritten = []
+            self._release(len(batch))
             self.metrics.groups.inc(len(batch))
             with self._lock:
                 self._active -= len(batch)

@@ -96,3 +96,27 @@ def test_stop_hands_back_what_it_could_not_finish(rollouts: Rollouts, redis_clie
     prompts = [Prompt.model_validate(json.loads(f[b"prompt"])) for _, f in back]
     assert {p.stage for p in prompts} == {"math"} and {p.prompt for p in prompts} == {"0 + 2", "1 + 2", "2 + 2"}
     assert rollouts.stats()["handed_back"] == 3 and rollouts.stats()["active"] == 0
+
+
+def test_groups_waiting_for_room_keep_their_slots(engine: Engine, redis_client: redis.Redis) -> None:
+    # The rollouts stream is full (no reward worker reads it): finished groups wait for the writer,
+    # and no more than max_inflight_groups are ever generated ahead of it.
+    r = Rollouts(engine, redis_client, RUN, engine_config(max_inflight_groups=2), max_backlog=3)
+    try:
+        for _ in range(3):
+            redis_client.xadd(KEYS.scored, {b"d": b"x"})  # the gate opens only when these go
+        gids = [r.submit(math(f"{i} + 3")) for i in range(6)]
+        time.sleep(3)
+        assert redis_client.xlen(KEYS.rollouts) == 0 and r.stats()["active"] == 6
+        redis_client.delete(KEYS.scored)
+        deadline = time.monotonic() + 120
+        while redis_client.xlen(KEYS.rollouts) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(2)  # a writer that let finished groups pile up would now be past the bound
+        assert redis_client.xlen(KEYS.rollouts) <= 3
+        assert r._held <= 2
+        redis_client.delete(KEYS.rollouts)  # a reader takes them: the rest follow
+        assert r.wait_idle(120)
+        assert r.written == 6 and len(gids) == 6
+    finally:
+        r.stop()
