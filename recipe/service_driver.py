@@ -40,7 +40,7 @@ log = logging.getLogger("ringrl.driver")
 DRIVER_GROUP = "driver"
 
 
-def score_items(item: TaskItem, text: str) -> dict[str, Any]:
+def score_item(item: TaskItem, text: str) -> dict[str, Any]:
     ref = item.reference
     body: dict[str, Any] = {"task": item.task.value, "response": text}
     if ref.kind == "math":
@@ -190,12 +190,12 @@ class ServiceDriver:
             for i in range(0, len(items), 32):
                 chunk = items[i:i + 32]
                 r = self.http.post(f"{url}/v1/completions", json={
-                    "model": "ringrl-policy", "prompt": [it.prompt for it in chunk], "n": n,
+                    "model": self.cfg.rollout.served_model_name, "prompt": [it.prompt for it in chunk], "n": n,
                     "max_tokens": stage.max_new_tokens, "temperature": temperature, "seed": self.cfg.run.seed})
                 r.raise_for_status()
                 texts = [c["text"] for c in r.json()["choices"]]
                 scored = self.http.post(f"{self.dc.reward_url}/v1/score", json={
-                    "items": [score_items(chunk[j // n], t) for j, t in enumerate(texts)]})
+                    "items": [score_item(chunk[j // n], t) for j, t in enumerate(texts)]})
                 scored.raise_for_status()
                 rewards += [x["reward"] for x in scored.json()["results"]]
             out[name] = sum(rewards) / max(len(rewards), 1)
