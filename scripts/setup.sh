@@ -19,6 +19,8 @@ fi
 need_apt=()
 command -v redis-server >/dev/null || need_apt+=(redis-server)
 command -v bwrap >/dev/null || need_apt+=(bubblewrap)
+command -v ip >/dev/null || need_apt+=(iproute2)        # the multi-host services test (network namespaces)
+command -v unshare >/dev/null || need_apt+=(util-linux)
 if ((${#need_apt[@]})); then
   if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
     echo "setup: installing ${need_apt[*]} (apt)"
