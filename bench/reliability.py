@@ -232,6 +232,18 @@ class Scenario:
         self.say(f"[{time.monotonic() - self.t0:6.1f}s] recovered from {fault.name} "
                  f"in {fault.recovered_s if fault.recovered_s is not None else 'never'}s")
 
+    def _wait_converged(self, timeout_s: float) -> float | None:
+        """Seconds until every rollout server runs the learner's final version (None: not in time)."""
+        start = time.monotonic()
+        while time.monotonic() - start < timeout_s:
+            final = self.version()
+            runs = [self._http(h, 8000, "/v1/weights") for h in ROLLOUTS]
+            if all(w is not None and w["version"] == final for w in runs):
+                time.sleep(1.5)  # the monitor samples each second: let it see the converged state
+                return time.monotonic() - start
+            time.sleep(1.0)
+        return None
+
     def _start_driver(self) -> None:
         assert self.stack is not None
         urls = "[" + ", ".join(f"http://{h}:8000" for h in ROLLOUTS) + "]"
@@ -293,9 +305,11 @@ class Scenario:
                 time.sleep(1.0)
             else:
                 raise TimeoutError(f"run not done in {timeout_s:.0f}s; learner at {self.version()}")
+            converged = self._wait_converged(timeout_s=300)
             self._stop.set()
             monitor.join(5)
             report = self._report()
+            report["converged_s"] = converged
             for host in ["driver", *ROLLOUTS, *REWARDS, "learner"]:
                 report["exit_codes"][host] = st.stop(host, timeout=90)
             return report
@@ -365,7 +379,10 @@ def write_markdown(report: dict[str, Any], path: Path, command: str) -> None:
     rows = "\n".join(f"| {f['name']} | {f['at_version']} | {f['injected_s']:.0f} | {recovered(f)} | {f['note']} |"
                      for f in report["faults"])
     summary = report["summary"] or []
-    stages = "\n".join(f"| {s['stage']} | {s['steps']} | {s['before']['accuracy']:.3f} → {s['after']['accuracy']:.3f} "
+    def before(s: dict[str, Any]) -> str:  # None: the driver was restarted after the stage's start
+        return "—" if s["before"] is None else f"{s['before']['accuracy']:.3f}"
+
+    stages = "\n".join(f"| {s['stage']} | {s['steps']} | {before(s)} → {s['after']['accuracy']:.3f} "
                        f"| {s['minutes']:.1f} |" for s in summary)
     text = f"""# Reliability of services mode
 
@@ -397,6 +414,7 @@ and the stall, until the learner trains its next step.
 | largest sum of the two (new prompts wait while it is at {report['max_backlog']} or more) | {report['max_backlog_seen']} |
 | largest Redis memory | {report['redis_memory_max_mb']:.1f} MB |
 | learner's final version (steps planned {report['total_steps']}) | {report['final_version']} |
+| every rollout server on that version within (s, after the driver finished) | {report['converged_s']} |
 | exit codes on SIGTERM at the end | {report['exit_codes']} |
 
 A `duplicate` fate is a stream entry read again after a crash whose group the resumed checkpoint

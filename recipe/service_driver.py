@@ -217,6 +217,19 @@ class ServiceDriver:
                                   "wall_s": time.monotonic()})
         return newest
 
+    def _finish_stage(self, stage: StageConfig, before: dict[str, float] | None, last_step: int, t0: float,
+                      summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Measure the stage's end, add it to summary.json (before: None when a restarted driver
+        found the stage already trained)."""
+        after = self.held_out(stage, last_step)
+        self.log.log({"step": last_step, "stage": stage.name, **after})
+        state = {k.decode(): v.decode() for k, v in self.client.hgetall(self.keys.learner_state).items()}
+        summaries = [x for x in summaries if x["stage"] != stage.name]
+        summaries.append({"stage": stage.name, "steps": stage.steps, "before": before, "after": after,
+                          "minutes": (time.monotonic() - t0) / 60, "learner": state, **self.status})
+        (self.out / "summary.json").write_text(json.dumps(summaries, indent=2))
+        return summaries
+
     def run(self) -> list[dict[str, Any]]:
         self.wait_ready()
         for url in self.dc.rollout_urls:
@@ -227,11 +240,17 @@ class ServiceDriver:
         version = self.learner_version()
         for stage in self.cfg.stages:
             first, last_step = last_step, last_step + stage.steps
-            if version >= last_step:
-                log.info("stage %s: already trained (learner at version %d)", stage.name, version)
-                continue
             t0 = time.monotonic()
-            before = self.held_out(stage, version)
+            if version >= last_step:
+                if any(x["stage"] == stage.name for x in summaries):
+                    log.info("stage %s: already trained and measured", stage.name)
+                    continue
+                # Trained while no driver ran (it was restarted): log its steps, measure where it ended.
+                log.info("stage %s: trained (learner at version %d); measuring it", stage.name, version)
+                self._log_steps(stage, first)
+                summaries = self._finish_stage(stage, None, last_step, t0, summaries)
+                continue
+            before: dict[str, float] | None = self.held_out(stage, version)
             self.log.log({"step": version, "stage": stage.name, **before})
             items, replay = stage_items(self.cfg, stage)
             with self._prompts_lock:
@@ -250,13 +269,7 @@ class ServiceDriver:
             with self._prompts_lock:
                 self.stage = None  # feeders stop; what is in flight is counted stale by the next stage
             self._log_steps(stage, first)
-            after = self.held_out(stage, last_step)
-            self.log.log({"step": last_step, "stage": stage.name, **after})
-            state = {k.decode(): v.decode() for k, v in self.client.hgetall(self.keys.learner_state).items()}
-            summaries = [x for x in summaries if x["stage"] != stage.name]
-            summaries.append({"stage": stage.name, "steps": stage.steps, "before": before, "after": after,
-                              "minutes": (time.monotonic() - t0) / 60, "learner": state, **self.status})
-            (self.out / "summary.json").write_text(json.dumps(summaries, indent=2))
+            summaries = self._finish_stage(stage, before, last_step, t0, summaries)
         plot_metrics(self.log.rows, self.out / "plots")
         self.status["done"] = True
         self.console.print(f"driver: all stages done; {self.out / 'summary.json'}, plots in {self.out / 'plots'}")

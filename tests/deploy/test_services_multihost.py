@@ -32,8 +32,9 @@ def test_run_finishes_every_stage_through_the_services(report: dict) -> None:
     assert report["final_version"] == report["total_steps"]
     summary = report["summary"]
     assert [s["stage"] for s in summary] == ["math", "code"]
-    for s in summary:  # held-out measured through /v1/completions + /v1/score, before and after
-        assert 0.0 <= s["before"]["accuracy"] <= 1.0 and 0.0 <= s["after"]["accuracy"] <= 1.0
+    for s in summary:  # held-out through /v1/completions + /v1/score (before: unless the driver restarted)
+        assert 0.0 <= s["after"]["accuracy"] <= 1.0
+        assert s["before"] is None or 0.0 <= s["before"]["accuracy"] <= 1.0
 
 
 def test_every_fault_was_injected_and_recovered(report: dict) -> None:
@@ -62,6 +63,7 @@ def test_backlog_stays_bounded_and_producers_block_while_the_learner_stalls(repo
 
 
 def test_rollout_servers_converge_to_the_newest_version(report: dict) -> None:
+    assert report["converged_s"] is not None
     for host, versions in report["engine_versions"].items():
         assert versions, host
         assert versions[-1] == report["final_version"], (host, versions[-5:])
