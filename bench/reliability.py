@@ -373,10 +373,8 @@ class Scenario:
 
 
 def write_markdown(report: dict[str, Any], path: Path, command: str) -> None:
-    def recovered(f: dict[str, Any]) -> str:
-        return "never" if f["recovered_s"] is None else f"{f['recovered_s']:.1f}"
-
-    rows = "\n".join(f"| {f['name']} | {f['at_version']} | {f['injected_s']:.0f} | {recovered(f)} | {f['note']} |"
+    rows = "\n".join(f"| {f['name']} | {f['at_version']} | {f['injected_s']:.0f} | {_seconds(f['recovered_s'])} | "
+                     f"{f['note']} |"
                      for f in report["faults"])
     summary = report["summary"] or []
     def before(s: dict[str, Any]) -> str:  # None: the driver was restarted after the stage's start
@@ -414,7 +412,7 @@ and the stall, until the learner trains its next step.
 | largest sum of the two (new prompts wait while it is at {report['max_backlog']} or more) | {report['max_backlog_seen']} |
 | largest Redis memory | {report['redis_memory_max_mb']:.1f} MB |
 | learner's final version (steps planned {report['total_steps']}) | {report['final_version']} |
-| every rollout server on that version within (s, after the driver finished) | {report['converged_s']} |
+| every rollout server on that version within (s, after the driver finished) | {_seconds(report['converged_s'])} |
 | exit codes on SIGTERM at the end | {report['exit_codes']} |
 
 A `duplicate` fate is a stream entry read again after a crash whose group the resumed checkpoint
@@ -437,6 +435,10 @@ between checkpoints resumes from its last checkpoint, and the engines follow it 
 and checksum.
 """
     path.write_text(text)
+
+
+def _seconds(value: float | None) -> str:
+    return "never" if value is None else f"{value:.1f}"
 
 
 def _runs(values: list[int]) -> str:

@@ -225,8 +225,8 @@ class ServiceDriver:
         self.log.log({"step": last_step, "stage": stage.name, **after})
         state = {k.decode(): v.decode() for k, v in self.client.hgetall(self.keys.learner_state).items()}
         summaries = [x for x in summaries if x["stage"] != stage.name]
-        summaries.append({"stage": stage.name, "steps": stage.steps, "before": before, "after": after,
-                          "minutes": (time.monotonic() - t0) / 60, "learner": state, **self.status})
+        summaries.append({**self.status, "stage": stage.name, "steps": stage.steps, "before": before,
+                          "after": after, "minutes": (time.monotonic() - t0) / 60, "learner": state})
         (self.out / "summary.json").write_text(json.dumps(summaries, indent=2))
         return summaries
 
