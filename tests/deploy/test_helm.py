@@ -75,13 +75,14 @@ def test_default_objects() -> None:
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_parts_probe_healthz_and_carry_resources(variant: str) -> None:
+def test_parts_probe_liveness_and_readiness_and_carry_resources(variant: str) -> None:
     objs = _objs(VARIANTS[variant])
+    paths = {"startupProbe": "/healthz", "readinessProbe": "/readyz", "livenessProbe": "/healthz"}
     for part, kind in WORKLOADS.items():
         c = _container(objs, kind, part)
         assert c["args"] == ["serve", part, "/etc/ringrl/run.yaml"]
-        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-            assert c[probe]["httpGet"] == {"path": "/healthz", "port": "http"}, (part, probe)
+        for probe, path in paths.items():
+            assert c[probe]["httpGet"] == {"path": path, "port": "http"}, (part, probe)
         assert c["resources"]["requests"] and c["resources"]["limits"]
         port = {p["name"]: p["containerPort"] for p in c["ports"]}["http"]
         env = container_env(c)

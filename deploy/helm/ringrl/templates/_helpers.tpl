@@ -102,14 +102,15 @@ prometheus.io/path: /metrics
 {{- end -}}
 {{- end -}}
 
-{{/* /healthz probes on the named port "http". */}}
+{{/* Probes on the named port "http": /healthz is liveness (restart me), /readyz readiness (do not
+send me work now: Redis unreachable, a worker down). */}}
 {{- define "ringrl.probes" -}}
 startupProbe:
   httpGet: {path: /healthz, port: http}
   periodSeconds: {{ .Values.probes.periodSeconds }}
   failureThreshold: {{ .Values.probes.startupFailureThreshold }}
 readinessProbe:
-  httpGet: {path: /healthz, port: http}
+  httpGet: {path: /readyz, port: http}
   periodSeconds: {{ .Values.probes.periodSeconds }}
   failureThreshold: 3
 livenessProbe:
