@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from protocol.schema import (
     CodeReference,
@@ -14,11 +16,25 @@ from protocol.schema import (
 )
 
 
+def _utf8(value: str | None) -> str | None:
+    """Refuse strings JSON can carry but UTF-8 cannot (lone surrogates, e.g. "\\ud800"): the field
+    is named in the 422 instead of a 500 inside the verifier."""
+    if value is not None:
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ValueError(f"not valid Unicode (lone surrogate at index {exc.start})") from None
+    return value
+
+
+Utf8 = Annotated[str, AfterValidator(_utf8)]
+
+
 class Tests(BaseModel):
     model_config = ConfigDict(extra="forbid")
     io_tests: list[IOTest] = Field(default_factory=list, description="stdin/stdout pairs.")
-    test_code: str | None = Field(default=None, description="Snippet defining check(candidate).")
-    entry_point: str | None = Field(default=None, description="Function passed to check().")
+    test_code: Utf8 | None = Field(default=None, description="Snippet defining check(candidate).")
+    entry_point: Utf8 | None = Field(default=None, description="Function passed to check() (a Python name).")
 
     @model_validator(mode="after")
     def _some_test(self) -> Tests:
@@ -26,14 +42,22 @@ class Tests(BaseModel):
             raise ValueError("tests: give io_tests or test_code")
         if self.test_code and not self.entry_point:
             raise ValueError("tests.entry_point is required with tests.test_code")
+        if self.entry_point is not None and not self.entry_point.isidentifier():
+            raise ValueError("tests.entry_point must be a Python identifier")
+        for i, t in enumerate(self.io_tests):
+            for name in ("stdin", "stdout"):
+                try:
+                    _utf8(getattr(t, name))
+                except ValueError as exc:
+                    raise ValueError(f"tests.io_tests.{i}.{name}: {exc}") from None
         return self
 
 
 class ScoreItem(BaseModel):
     model_config = ConfigDict(extra="forbid")
     task: TaskKind
-    response: str = Field(description="The model's full response text.")
-    answer: str | None = Field(default=None, description="Reference answer (math).")
+    response: Utf8 = Field(description="The model's full response text.")
+    answer: Utf8 | None = Field(default=None, description="Reference answer (math).")
     tests: Tests | None = Field(default=None, description="Tests to pass (code).")
 
     @model_validator(mode="after")

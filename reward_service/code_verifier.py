@@ -55,15 +55,18 @@ def check_program(sandbox: Sandbox, program: str, ref: CodeReference) -> Verdict
         return Verdict(status=S.wrong, detail="reference has no tests")
     cfg = sandbox.cfg
     for i, test in enumerate(ref.io_tests):
-        done, _ = sandbox.run(program, stdin=test.stdin.encode())
+        # A lone surrogate cannot be fed to a program as UTF-8; it reads U+FFFD instead, as
+        # program and test code are encoded (one odd item must not fail its whole batch).
+        done, _ = sandbox.run(program, stdin=test.stdin.encode(errors="replace"))
         bad = failure(done, cfg.wall_s, cfg.output_bytes)
         if bad is not None:
             return Verdict(status=bad.status, detail=f"test {i}: {bad.detail}")
         if normalise(done.stdout.decode(errors="replace")) != normalise(test.stdout):
             return Verdict(status=S.wrong, detail=f"test {i}: output differs")
     if ref.test_code:
-        if not ref.entry_point:
-            return Verdict(status=S.wrong, detail="reference test_code has no entry_point")
+        if not ref.entry_point or not ref.entry_point.isidentifier():
+            # It is one field of the harness header: anything but a name would shift the others.
+            return Verdict(status=S.wrong, detail="reference entry_point is not a Python identifier")
         done, nonce = sandbox.run(program, test_code=ref.test_code, entry_point=ref.entry_point)
         bad = failure(done, cfg.wall_s, cfg.output_bytes)
         if bad is not None:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, HTTPException
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from protocol.config.reward import RewardConfig
@@ -58,6 +60,13 @@ def create_app(config: RewardConfig, scorer: Scorer | None = None) -> FastAPI:
     app = FastAPI(title="ringrl reward service", version="1", lifespan=lifespan,
                   description="Binary rewards: Math-Verify for math, sandboxed tests for code.")
     app.add_middleware(BodyLimit, max_bytes=config.max_request_bytes)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError) -> Response:
+        # FastAPI's default echoes the offending input, which may not encode as UTF-8 (a lone
+        # surrogate): that would turn a 422 into a 500. Location, message and type name the field.
+        errors = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+        return Response(json.dumps({"detail": errors}), status_code=422, media_type="application/json")
     app.state.scorer = scorer
 
     @app.post("/v1/score", response_model=ScoreResponse)

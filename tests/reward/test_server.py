@@ -70,6 +70,22 @@ def test_bad_requests_name_the_field(base_url: str, body: dict, field: str) -> N
     assert field in r.text
 
 
+@pytest.mark.parametrize("item, field", [
+    ('{"task": "math", "response": "\\ud800 so \\\\boxed{1}", "answer": "1"}', "response"),
+    ('{"task": "math", "response": "x", "answer": "\\udfff"}', "answer"),
+    ('{"task": "code", "response": "x", "tests": {"io_tests": [{"stdin": "\\ud800", "stdout": "1"}]}}',
+     "tests.io_tests.0.stdin"),
+    ('{"task": "code", "response": "x", "tests": {"test_code": "def check(c): pass", "entry_point": "f 0 1"}}',
+     "entry_point"),
+])
+def test_invalid_unicode_and_entry_points_are_4xx_by_field(base_url: str, item: str, field: str) -> None:
+    # Raw bytes: JSON may carry a lone surrogate escape that no UTF-8 encoder would write.
+    body = ('{"items": [' + item + ', {"task": "math", "response": "\\\\boxed{2}", "answer": "2"}]}').encode()
+    r = httpx.post(f"{base_url}/v1/score", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 422, r.text
+    assert field in r.text
+
+
 def test_malformed_json_is_a_4xx(base_url: str) -> None:
     r = httpx.post(f"{base_url}/v1/score", content=b"{not json",
                    headers={"content-type": "application/json"})
