@@ -17,6 +17,7 @@ from bench.reliability import Scenario
 
 pytestmark = [
     pytest.mark.slow,
+    pytest.mark.timeout(2700),  # the module's fixture builds the start model and runs the stack
     pytest.mark.skipif(os.geteuid() != 0 or shutil.which("ip") is None,
                        reason="network namespaces need root and iproute2 (`ip`)"),
 ]
