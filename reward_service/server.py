@@ -9,43 +9,13 @@ from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from fastapi.responses import Response
 
+from protocol.body_limit import BodyLimit
 from protocol.config.reward import RewardConfig
 from protocol.metrics import mount_observability
 from reward_service.api import ScoreRequest, ScoreResponse, ScoreResult
 from reward_service.scorer import Item, Scorer, reward_of
-
-
-class BodyLimit:
-    """Refuse bodies over `max_bytes` with 413: by Content-Length up front, else while reading."""
-
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app, self.max_bytes = app, max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        for name, value in scope["headers"]:
-            if name == b"content-length" and (not value.isdigit() or int(value) > self.max_bytes):
-                await JSONResponse({"detail": self._too_big()}, status_code=413)(scope, receive, send)
-                return
-        seen = 0
-
-        async def limited() -> Message:
-            nonlocal seen
-            message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.max_bytes:  # chunked upload without a Content-Length
-                raise HTTPException(413, self._too_big())
-            return message
-
-        await self.app(scope, limited, send)
-
-    def _too_big(self) -> str:
-        return f"request body over the {self.max_bytes}-byte limit (reward.max_request_bytes)"
 
 
 def create_app(config: RewardConfig, scorer: Scorer | None = None) -> FastAPI:
@@ -59,7 +29,7 @@ def create_app(config: RewardConfig, scorer: Scorer | None = None) -> FastAPI:
 
     app = FastAPI(title="ringrl reward service", version="1", lifespan=lifespan,
                   description="Binary rewards: Math-Verify for math, sandboxed tests for code.")
-    app.add_middleware(BodyLimit, max_bytes=config.max_request_bytes)
+    app.add_middleware(BodyLimit, max_bytes=config.max_request_bytes, setting="reward.max_request_bytes")
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> Response:

@@ -21,11 +21,11 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StringConstraints
 
 from protocol.config.rollout import RolloutConfig
 from protocol.schema import FinishReason, Response
@@ -36,14 +36,21 @@ WeightSource = Callable[[], Iterable[tuple[str, torch.Tensor]]]
 """Called on the engine thread; yields (HF name, tensor) pairs of one complete version."""
 
 
+MAX_TEMPERATURE = 2.0
+"""OpenAI's range; hotter sampling of a policy is noise, not exploration."""
+MAX_SEED = 2**63 - 2**20
+"""vLLM's generator takes a signed 64-bit seed; room is left for seed + i over a group."""
+
+
 class Sampling(BaseModel):
     """Per-request overrides of the config's sampling settings (None: take the config's)."""
 
-    max_tokens: int | None = Field(default=None, gt=0, description="Most new tokens per response.")
-    temperature: float | None = Field(default=None, ge=0, description="Sampling temperature.")
+    max_tokens: int | None = Field(default=None, gt=0, le=1 << 20, description="Most new tokens per response.")
+    temperature: float | None = Field(default=None, ge=0, le=MAX_TEMPERATURE, description="Sampling temperature.")
     top_p: float | None = Field(default=None, gt=0, le=1, description="Nucleus-sampling mass.")
-    stop: list[str] | None = Field(default=None, description="Stop strings.")
-    seed: int | None = Field(default=None, description="Base seed; response i uses seed + i.")
+    stop: list[Annotated[str, StringConstraints(min_length=1, max_length=256)]] | None = Field(
+        default=None, max_length=16, description="Stop strings (at most 16, each 1-256 characters).")
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED, description="Base seed; response i uses seed + i.")
 
 
 class InvalidRequest(ValueError):
@@ -225,9 +232,18 @@ class Engine:
 
     # ---- validation -----------------------------------------------------------------------
 
+    def check(self, prompt_token_ids: Sequence[int], n: int | None = None, sampling: Sampling | None = None) -> None:
+        """Raise InvalidRequest (naming the field) for what `submit` would refuse, without queueing
+        anything: callers that queue work for a loop check first, so the loop never meets bad input."""
+        n = self.config.n if n is None else n
+        self._check_prompt(prompt_token_ids, n)
+        self._params(len(prompt_token_ids), n - 1, sampling or Sampling())
+
     def _check_prompt(self, prompt: Sequence[int], n: int) -> None:
         if n <= 0:
             raise InvalidRequest("n", "must be > 0")
+        if n > self.config.max_n:
+            raise InvalidRequest("n", f"{n} is more than rollout.max_n={self.config.max_n}")
         if len(prompt) == 0:
             raise InvalidRequest("prompt", "is empty")
         vocab = self._vocab_size
@@ -248,14 +264,17 @@ class Engine:
             raise InvalidRequest("max_tokens", f"prompt ({prompt_len}) + max_tokens ({max_tokens}) "
                                                f"exceeds the model context ({self._max_model_len})")
         seed = s.seed if s.seed is not None else c.seed
-        return SamplingParams(
-            n=1, max_tokens=max_tokens,
-            temperature=c.temperature if s.temperature is None else s.temperature,
-            top_p=c.top_p if s.top_p is None else s.top_p,
-            stop=list(c.stop if s.stop is None else s.stop) or None,
-            seed=None if seed is None else seed + i,
-            logprobs=0,  # 0: just the sampled token's log-prob
-            output_kind=RequestOutputKind.FINAL_ONLY)
+        try:
+            return SamplingParams(
+                n=1, max_tokens=max_tokens,
+                temperature=c.temperature if s.temperature is None else s.temperature,
+                top_p=c.top_p if s.top_p is None else s.top_p,
+                stop=list(c.stop if s.stop is None else s.stop) or None,
+                seed=None if seed is None else seed + i,
+                logprobs=0,  # 0: just the sampled token's log-prob
+                output_kind=RequestOutputKind.FINAL_ONLY)
+        except ValueError as exc:  # vLLM's own range checks, which the edge bounds should pre-empt
+            raise InvalidRequest("sampling", str(exc).splitlines()[0]) from None
 
     # ---- engine thread ----------------------------------------------------------------------
 

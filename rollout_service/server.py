@@ -13,21 +13,26 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
+from protocol.body_limit import BodyLimit
 from protocol.metrics import mount_observability
 from protocol.transport import WeightError, WeightVersion
 from protocol.transport.broadcast import BroadcastReceiver
 from protocol.transport.http_pull import HttpReceiver
-from rollout_service.engine import Engine, InvalidRequest, Sampling
+from rollout_service.engine import MAX_SEED, MAX_TEMPERATURE, Engine, InvalidRequest, Sampling
 from rollout_service.streaming import Prompt, Rollouts, Stopping
 from rollout_service.weights import load_version
 
 log = logging.getLogger("ringrl.rollout")
 
 
+MAX_PROMPTS = 1024
+"""Prompts in one request (either endpoint)."""
+
+
 class RolloutRequest(BaseModel):
-    prompts: list[Prompt] = Field(min_length=1, description="Prompts; one group each.")
+    prompts: list[Prompt] = Field(min_length=1, max_length=MAX_PROMPTS, description="Prompts; one group each.")
 
 
 class RolloutAccepted(BaseModel):
@@ -40,13 +45,13 @@ class CompletionRequest(BaseModel):
 
     model: str
     prompt: str | list[str] | list[int] | list[list[int]]
-    max_tokens: int = Field(default=16, gt=0)
-    temperature: float = Field(default=1.0, ge=0)
+    max_tokens: int = Field(default=16, gt=0, le=1 << 20)
+    temperature: float = Field(default=1.0, ge=0, le=MAX_TEMPERATURE)
     top_p: float = Field(default=1.0, gt=0, le=1)
-    n: int = Field(default=1, gt=0)
+    n: int = Field(default=1, gt=0, description="Responses per prompt, at most rollout.max_n.")
     logprobs: int | None = Field(default=None, ge=0, le=5)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
 
 
 class BroadcastSpec(BaseModel):
@@ -88,6 +93,7 @@ def create_app(engine: Engine, rollouts: Rollouts | None = None,
     app = FastAPI(title="ringrl rollout service", version="1",
                   description="vLLM generation for RL: groups into Redis, OpenAI completions, "
                               "versioned weight updates.")
+    app.add_middleware(BodyLimit, max_bytes=engine.config.max_request_bytes, setting="rollout.max_request_bytes")
     names = {engine.model_path, served_model_name or engine.config.served_model_name}
     group, pull = BroadcastReceiver(), HttpReceiver()
 
@@ -136,8 +142,14 @@ def create_app(engine: Engine, rollouts: Rollouts | None = None,
         if req.model not in names:
             return _error(404, "model", f"unknown model {req.model!r}; this server serves {sorted(names)}")
         prompts = _prompts(engine, req.prompt)
-        sampling = Sampling(max_tokens=req.max_tokens, temperature=req.temperature, top_p=req.top_p,
-                            stop=[req.stop] if isinstance(req.stop, str) else req.stop, seed=req.seed)
+        try:
+            sampling = Sampling(max_tokens=req.max_tokens, temperature=req.temperature, top_p=req.top_p,
+                                stop=[req.stop] if isinstance(req.stop, str) else req.stop, seed=req.seed)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            raise InvalidRequest(".".join(str(x) for x in err["loc"]) or "stop", err["msg"]) from None
+        for p in prompts:  # all refused before any is started
+            engine.check(p, req.n, sampling)
         futures = [engine.submit(p, req.n, sampling) for p in prompts]
         results = [await asyncio.wrap_future(f) for f in futures]
         choices, completion_tokens = [], 0
@@ -207,6 +219,8 @@ def _prompts(engine: Engine, prompt: Any) -> list[list[int]]:
         items = list(prompt)
     if not items:
         raise InvalidRequest("prompt", "is empty")
+    if len(items) > MAX_PROMPTS:
+        raise InvalidRequest("prompt", f"{len(items)} prompts, more than {MAX_PROMPTS}")
     out = []
     for p in items:
         ids = engine.encode(p) if isinstance(p, str) else [int(t) for t in p]

@@ -143,7 +143,9 @@ class Rollouts:
         group = Group(prompt_id=prompt.prompt_id, task=prompt.task, stage=prompt.stage,
                       prompt_text=prompt.prompt or "", prompt_token_ids=ids,
                       reference=prompt.reference, responses=[])
-        self._validate(ids, prompt)
+        if not ids:
+            raise InvalidRequest("prompt", "is empty after tokenisation")
+        self.engine.check(ids, prompt.n, prompt.sampling)
         with self._lock:
             self._active += 1
         try:
@@ -215,14 +217,6 @@ class Rollouts:
 
     # ---- internals ----------------------------------------------------------------------
 
-    def _validate(self, ids: list[int], prompt: Prompt) -> None:
-        if not ids:
-            raise InvalidRequest("prompt", "is empty after tokenisation")
-        max_tokens = prompt.sampling.max_tokens or self.config.max_tokens
-        if len(ids) + max_tokens > self.engine.max_model_len:
-            raise InvalidRequest("max_tokens", f"prompt ({len(ids)}) + max_tokens ({max_tokens}) "
-                                               f"exceeds the model context ({self.engine.max_model_len})")
-
     def _hand_back(self, items: list[tuple[Group, Prompt]]) -> None:
         if not items:
             return
@@ -268,6 +262,14 @@ class Rollouts:
                     self._admitting.pop(0)
                 try:
                     future = self.engine.submit(group.prompt_token_ids, prompt.n, prompt.sampling)
+                except InvalidRequest as exc:  # checked at submit; a refusal here is this prompt's alone
+                    with self._lock:
+                        self._inflight.pop(group.group_id, None)
+                        self._active -= 1
+                    self._release(1)
+                    self.failed += 1
+                    log.error("prompt %s refused by the engine: %s", prompt.prompt_id, exc)
+                    continue
                 except BaseException:
                     with self._lock:  # not started after all: it goes back to the head of the batch
                         self._inflight.pop(group.group_id, None)

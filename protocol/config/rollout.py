@@ -58,5 +58,8 @@ class RolloutConfig(Section):
         description="On SIGTERM/SIGINT: seconds the groups already generating get to finish and reach "
                     "the stream; prompts not started, and groups still unfinished after it, are handed "
                     "back (the run's `returned` stream) for the driver to resubmit.")
+    max_n: int = Field(default=64, gt=0, description="Most responses one prompt may ask for (`n`).")
+    max_request_bytes: int = Field(
+        default=8 << 20, gt=0, description="Larger request bodies are refused with 413 before they are read.")
     host: str = Field(default="127.0.0.1", description="Bind address of the rollout HTTP server.")
     port: int = Field(default=8000, ge=0, le=65535, description="Port of the rollout HTTP server.")

@@ -81,6 +81,23 @@ def test_rollouts_are_accepted_and_streamed(base_url: str, redis_client: redis.R
     ("/v1/completions", {"model": "ringrl-policy", "prompt": "x", "n": 0}, 422, "n"),
     ("/v1/completions", {"model": "ringrl-policy", "prompt": "x", "max_tokens": 9999}, 400, "max_tokens"),
     ("/v1/completions", {"model": "gpt-9", "prompt": "x"}, 404, "model"),
+    # Hostile values that used to end the admission loop or the engine thread, or grow memory:
+    ("/v1/rollouts", {"prompts": [{"task": "math", "reference": REF, "prompt_token_ids": [5, 10**9]}]},
+     400, "prompt"),
+    ("/v1/rollouts", {"prompts": [{"task": "math", "reference": REF, "prompt": "x",
+                                   "sampling": {"seed": 2**64}}]}, 422, "seed"),
+    ("/v1/rollouts", {"prompts": [{"task": "math", "reference": REF, "prompt": "x",
+                                   "sampling": {"seed": -1}}]}, 422, "seed"),
+    ("/v1/rollouts", {"prompts": [{"task": "math", "reference": REF, "prompt": "x",
+                                   "sampling": {"temperature": 2.5}}]}, 422, "temperature"),
+    ("/v1/rollouts", {"prompts": [{"task": "math", "reference": REF, "prompt": "x", "n": 10**6}]}, 400, "n"),
+    ("/v1/rollouts", {"prompts": [{"task": "math", "reference": REF, "prompt": "x",
+                                   "sampling": {"stop": ["a"] * 17}}]}, 422, "stop"),
+    ("/v1/rollouts", {"prompts": [{"task": "math", "reference": REF, "prompt": "x"}] * 1025}, 422, "prompts"),
+    ("/v1/completions", {"model": "ringrl-policy", "prompt": "x", "n": 10**6}, 400, "n"),
+    ("/v1/completions", {"model": "ringrl-policy", "prompt": "x", "seed": 2**70}, 422, "seed"),
+    ("/v1/completions", {"model": "ringrl-policy", "prompt": "x", "temperature": 3}, 422, "temperature"),
+    ("/v1/completions", {"model": "ringrl-policy", "prompt": [[5, -1]]}, 400, "prompt"),
     ("/v1/weights", {"version": 5}, 422, "url"),
     ("/v1/weights", {"version": 0, "url": "http://127.0.0.1:1/x"}, 409, "version"),
 ])
@@ -88,6 +105,28 @@ def test_bad_input_names_the_field(base_url: str, path: str, body: dict, status:
     resp = httpx.post(f"{base_url}{path}", json=body)
     assert resp.status_code == status, resp.text
     assert field in resp.json()["field"]
+
+
+def test_still_serving_after_hostile_input_and_big_bodies_refused(base_url: str, redis_client: redis.Redis) -> None:
+    big = b'{"prompts": [{"task": "math", "prompt": "' + b"x" * (9 << 20) + b'"}]}'
+    resp = httpx.post(f"{base_url}/v1/rollouts", content=big, headers={"content-type": "application/json"})
+    assert resp.status_code == 413
+    nan = b'{"model": "ringrl-policy", "prompt": "x", "temperature": NaN}'
+    resp = httpx.post(f"{base_url}/v1/completions", content=nan, headers={"content-type": "application/json"})
+    assert resp.status_code == 422 and "temperature" in resp.json()["field"]
+    health = httpx.get(f"{base_url}/healthz").json()
+    assert health["ok"] and all(loop["restarts"] == 0 for loop in health["rollouts"]["loops"].values())
+    resp = httpx.post(f"{base_url}/v1/rollouts", json={"prompts": [{"task": "math", "reference": REF,
+                                                                     "prompt": "2 + 2"}]})
+    assert resp.status_code == 202
+    gid = resp.json()["group_ids"][0]
+    end = time.monotonic() + 120
+    while time.monotonic() < end:
+        if gid in {decode_group(f[FIELD]).group_id for _, f in redis_client.xrange(RunKeys(RUN).rollouts)}:
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail("a valid prompt after hostile ones never reached the stream")
 
 
 def test_weights_by_url_then_state_and_metrics(base_url: str, model_dir, file_server) -> None:
