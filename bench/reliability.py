@@ -122,9 +122,12 @@ class Scenario:
 
     # ---- plumbing -----------------------------------------------------------------------
     def _redis(self) -> redis.Redis:
-        assert self.stack is not None
-        return redis.Redis(host=self.stack.address("redis"), port=6379, socket_timeout=3,
-                           socket_connect_timeout=3)
+        """One client for the run (it reconnects by itself after the Redis restart)."""
+        if self.r is None:
+            assert self.stack is not None
+            self.r = redis.Redis(host=self.stack.address("redis"), port=6379, socket_timeout=3,
+                                 socket_connect_timeout=3)
+        return self.r
 
     def version(self) -> int:
         try:

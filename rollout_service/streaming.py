@@ -127,9 +127,9 @@ class Rollouts:
         self.handed_back = 0
         self.failed = 0
         self.dropped_stage = 0  # prompts of a finished stage, never started
-        self.supervisor.start("rollout-admit", self._admit_loop)
         self._writer_stop = threading.Event()
-        self.supervisor.start("rollout-write", self._write_loop)
+        self._admit_thread = self.supervisor.start("rollout-admit", self._admit_loop)
+        self._write_thread = self.supervisor.start("rollout-write", self._write_loop)
 
     # ---- public API ---------------------------------------------------------------------
 
@@ -197,9 +197,7 @@ class Rollouts:
         to finish and be written; hand back what is still unfinished; stop the loops."""
         self._closing.set()
         self._stop.set()
-        for t in self.supervisor.threads:
-            if t.name == "rollout-admit":
-                t.join(10)
+        self._admit_thread.join(10)
         with self._lock:
             waiting = self._admitting + _drain_queue(self._pending)
             self._admitting = []
@@ -211,9 +209,7 @@ class Rollouts:
             unfinished, self._inflight = list(self._inflight.values()), {}
         self._hand_back(unfinished)
         self._writer_stop.set()
-        for t in self.supervisor.threads:
-            if t.name == "rollout-write":
-                t.join(60)
+        self._write_thread.join(60)
 
     # ---- internals ----------------------------------------------------------------------
 
@@ -253,9 +249,8 @@ class Rollouts:
             self._drop_finished_stages()
             while self._admitting and not self._stop.is_set():
                 group, prompt, queued_at = self._admitting[0]
-                if not self._slots.acquire(timeout=0.1):
+                if not self._acquire_slot(timeout=0.1):
                     continue
-                self._take_slots(1)
                 self.metrics.queue_wait.observe(time.monotonic() - queued_at)
                 with self._lock:
                     self._inflight[group.group_id] = (group, prompt)
@@ -291,9 +286,12 @@ class Rollouts:
             self._active -= dropped
             self.dropped_stage += dropped
 
-    def _take_slots(self, n: int) -> None:
+    def _acquire_slot(self, timeout: float) -> bool:
+        if not self._slots.acquire(timeout=timeout):
+            return False
         with self._lock:
-            self._held += n
+            self._held += 1
+        return True
 
     def _release(self, n: int) -> None:
         with self._lock:

@@ -26,24 +26,9 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if url:
         yield url
         return
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.fail("tests need a Redis server: install redis-server or set RINGRL_TEST_REDIS_URL")
-    port = free_port()
-    workdir = tmp_path_factory.mktemp("redis")
-    proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(workdir)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    client = redis.Redis(port=port)
-    for _ in range(100):
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            time.sleep(0.05)
-    yield f"redis://127.0.0.1:{port}/0"
-    proc.terminate()
-    proc.wait(10)
+    server = RedisProcess(str(tmp_path_factory.mktemp("redis")), persist=False)
+    yield server.url
+    server.stop()
 
 
 @pytest.fixture
@@ -57,22 +42,23 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
 
 
 class RedisProcess:
-    """A redis-server of the test's own (AOF, fsync always), which it may kill and start again on
-    the same port and data, as an operator's restart would."""
+    """A redis-server of the test's own. With `persist` (AOF, fsync always) a test may kill it and
+    start it again on the same port and data, as an operator's restart would."""
 
-    def __init__(self, workdir: str) -> None:
+    def __init__(self, workdir: str, persist: bool = True) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
-            pytest.fail("tests need a Redis server: install redis-server")
+            pytest.fail("tests need a Redis server: install redis-server or set RINGRL_TEST_REDIS_URL")
         self.binary, self.workdir, self.port = binary, workdir, free_port()
+        self.aof = ["--appendonly", "yes", "--appendfsync", "always"] if persist else ["--appendonly", "no"]
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.proc: subprocess.Popen[bytes] | None = None
         self.start()
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "yes", "--appendfsync", "always", "--dir", self.workdir],
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", *self.aof,
+             "--dir", self.workdir],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         client = redis.Redis(port=self.port)
         for _ in range(200):
@@ -86,6 +72,11 @@ class RedisProcess:
     def kill(self) -> None:
         assert self.proc is not None
         self.proc.kill()
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        assert self.proc is not None
+        self.proc.terminate()
         self.proc.wait(10)
 
 

@@ -10,6 +10,7 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+import redis
 
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
@@ -18,6 +19,7 @@ os.environ.setdefault("VLLM_HOST_IP", "127.0.0.1")
 from learner.models.tiny import build_tiny_model  # noqa: E402
 from protocol.config.rollout import RolloutConfig  # noqa: E402
 from rollout_service.engine import Engine  # noqa: E402
+from rollout_service.streaming import Rollouts  # noqa: E402
 
 ModelDir = Callable[..., Path]
 
@@ -45,6 +47,18 @@ def engine_config(**overrides: object) -> RolloutConfig:
 def engine(model_dir: ModelDir) -> Iterator[Engine]:
     with Engine(str(model_dir("qwen3_moe")), engine_config()) as e:
         yield e
+
+
+RUN = "rtest"
+"""The run the streaming tests write to (redis_client empties its database around each test)."""
+
+
+@pytest.fixture
+def rollouts(engine: Engine, redis_client: redis.Redis) -> Iterator[Rollouts]:
+    """A streaming loop over the module's engine, with a backlog bound of 8 groups."""
+    r = Rollouts(engine, redis_client, RUN, engine_config(), max_backlog=8)
+    yield r
+    r.stop()
 
 
 class _Quiet(SimpleHTTPRequestHandler):

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
 
 import pytest
 import redis
@@ -18,18 +17,10 @@ from protocol.streams import RunKeys
 from rollout_service.engine import Engine
 from rollout_service.streaming import Prompt, Rollouts, Stopping
 from tests.conftest import RedisProcess
-from tests.rollout.conftest import engine_config
+from tests.rollout.conftest import RUN, engine_config
 from tests.rollout.test_streaming import math
 
-RUN = "heal"
 KEYS = RunKeys(RUN)
-
-
-@pytest.fixture
-def rollouts(engine: Engine, redis_client: redis.Redis) -> Iterator[Rollouts]:
-    r = Rollouts(engine, redis_client, RUN, engine_config(), max_backlog=8)
-    yield r
-    r.stop()
 
 
 def test_gate_bounds_the_data_age_by_the_learners_pace(rollouts: Rollouts, engine: Engine,

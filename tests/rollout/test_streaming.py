@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import pytest
 import redis
@@ -14,9 +13,8 @@ from protocol.schema import MathReference, TaskKind
 from protocol.streams import LEARNER_GROUP, RunKeys
 from rollout_service.engine import Engine, InvalidRequest, Sampling
 from rollout_service.streaming import Prompt, Rollouts
-from tests.rollout.conftest import engine_config
+from tests.rollout.conftest import RUN
 
-RUN = "rtest"
 
 
 def read_groups(client: redis.Redis, want: int, timeout: float = 120.0) -> list:
@@ -29,13 +27,6 @@ def read_groups(client: redis.Redis, want: int, timeout: float = 120.0) -> list:
 def math(text: str | None = None, ids: list[int] | None = None, **kw: object) -> Prompt:
     return Prompt(task=TaskKind.math, reference=MathReference(answer="5"), prompt=text,
                   prompt_token_ids=ids, **kw)  # type: ignore[arg-type]
-
-
-@pytest.fixture
-def rollouts(engine: Engine, redis_client: redis.Redis) -> Iterator[Rollouts]:
-    r = Rollouts(engine, redis_client, RUN, engine_config(), max_backlog=8)
-    yield r
-    r.stop()
 
 
 def test_groups_arrive_with_shapes_and_versions(rollouts: Rollouts, engine: Engine,
