@@ -30,12 +30,14 @@ def register(app: typer.Typer, serve: typer.Typer) -> None:
         from rich.console import Console
 
         from protocol.metrics import serve_observability
-        from protocol.serving import setup_logging, stop_on_signals
+        from protocol.serving import setup_logging, shutdown_self, stop_on_signals
         from protocol.supervise import Supervisor
         from recipe.service_driver import ServiceDriver
 
         setup_logging()
-        supervisor = Supervisor()
+        # A feeder that keeps failing stops the driver (exit 1) rather than leaving a server unfed;
+        # a restarted driver goes on from the stage the learner is in.
+        supervisor = Supervisor(on_give_up=shutdown_self)
         stop_on_signals(supervisor.stop)
         driver = ServiceDriver(cfg, Console(width=None if sys.stdout.isatty() else 200), supervisor)
         serve_observability(CollectorRegistry(), lambda: {**supervisor.health(), **driver.status},
@@ -48,4 +50,4 @@ def register(app: typer.Typer, serve: typer.Typer) -> None:
             logging.getLogger("ringrl.driver").critical("driver failed; exiting 1", exc_info=exc)
             raise typer.Exit(1) from None
         supervisor.stop.wait()  # done: stay up so that an orchestrator does not rerun it
-        raise typer.Exit(0 if driver.status["done"] or not supervisor.failed else 1)
+        raise typer.Exit(1 if supervisor.failed and not driver.status["done"] else 0)
