@@ -40,7 +40,7 @@ from learner.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoi
 from learner.publish import Publisher, WeightServer
 from learner.trainer import Learner
 from protocol.config import RunConfig
-from protocol.queue import Entry, StreamConsumer, connect, reachable
+from protocol.queue import Entry, StreamConsumer, connect, redis_probe
 from protocol.streams import LEARNER_GROUP, Plan, RunKeys
 from protocol.transport import WeightVersion
 from protocol.transport.broadcast import BroadcastSender, create_group
@@ -80,6 +80,7 @@ class LearnerSession:
         self.learner = start_learner(cfg, start_version)
         self._trim_audit()
         self.client = connect(cfg.redis.url)
+        self._redis_up = redis_probe(self.client)
         # No XAUTOCLAIM: the learner is the group's one consumer, and what it holds unacked until its
         # next checkpoint is idle by design; reclaiming it would re-read it as duplicates every
         # second. A restarted learner gets its own pending entries back through recover().
@@ -282,7 +283,7 @@ class LearnerSession:
 
     def health(self) -> dict[str, Any]:
         """Alive while the process serves; ready while Redis answers (else it trains nothing)."""
-        return {"ok": True, "ready": reachable(self.client), "version": self.learner.version,
+        return {"ok": True, "ready": self._redis_up(), "version": self.learner.version,
                 "plan": self.plan.stage if self.plan else None}
 
     def close(self) -> None:

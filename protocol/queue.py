@@ -68,19 +68,24 @@ def connect(url: str, retry_forever: bool = True) -> redis.Redis:
                                 retry=retry, retry_on_error=[ConnectionError, TimeoutError, BusyLoadingError])
 
 
-def reachable(client: redis.Redis) -> bool:
-    """One PING without retries (readiness probes): False while Redis is away."""
-    # Its own pool: the client's connections carry its retry-forever policy.
+def redis_probe(client: redis.Redis) -> Callable[[], bool]:
+    """A readiness probe for `client`'s server: one PING without retries, False while Redis is away.
+
+    It has a pool of its own, made once (probes run every few seconds): the client's connections
+    carry its retry-forever policy, which would make a probe hang through an outage.
+    """
     pool = client.connection_pool
     kwargs = {**pool.connection_kwargs, "retry": Retry(NoBackoff(), 0), "socket_timeout": 2,
               "socket_connect_timeout": 2}
     probe = redis.Redis(connection_pool=redis.ConnectionPool(connection_class=pool.connection_class, **kwargs))
-    try:
-        return bool(probe.ping())
-    except (redis.RedisError, OSError):
-        return False
-    finally:
-        probe.close()
+
+    def ping() -> bool:
+        try:
+            return bool(probe.ping())
+        except (redis.RedisError, OSError):
+            return False
+
+    return ping
 
 
 def pending_count(client: redis.Redis, stream: str, group: str) -> int:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from protocol.config import RunConfig
-from protocol.queue import connect, reachable
+from protocol.queue import connect, redis_probe
 from protocol.supervise import Supervisor
 from reward_service.worker import main as worker_main
 
@@ -76,14 +76,14 @@ class WorkerPool:
 def build_pool(cfg: RunConfig, n: int, supervisor: Supervisor) -> tuple[WorkerPool, Callable[[], dict[str, Any]]]:
     """The pool and a health probe covering it and Redis (workers' health is the service's)."""
     pool = WorkerPool(cfg, n, supervisor)
-    client = connect(cfg.redis.url) if cfg.redis.url and n else None
+    redis_up = redis_probe(connect(cfg.redis.url)) if cfg.redis.url and n else None
 
     def health() -> dict[str, Any]:
         alive = pool.alive()
         status: dict[str, Any] = {**supervisor.health(), "workers_alive": alive, "worker_restarts": pool.restarts,
                                   "worker_pids": [p.pid if p is not None else None for p in pool.procs]}
-        if client is not None:
-            status["redis"] = reachable(client)
+        if redis_up is not None:
+            status["redis"] = redis_up()
             status["ready"] = status["ok"] and status["redis"] and all(alive)
         return status
 

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from fastapi import FastAPI
 
 from protocol.config import RunConfig
-from protocol.queue import connect, reachable
+from protocol.queue import connect, redis_probe
 from protocol.serving import shutdown_self
 from protocol.streams import RunKeys
 from protocol.supervise import Supervisor
@@ -24,9 +24,10 @@ def build(cfg: RunConfig, model: str) -> tuple[FastAPI, Supervisor, Callable[[],
     process (the same drain as an orchestrator's stop) and `serve` then exits 1."""
     supervisor = Supervisor(on_give_up=shutdown_self)
     engine = Engine(model, cfg.rollout)
-    rollouts, client = None, None
+    rollouts, redis_up = None, None
     if cfg.redis.url:
         client = connect(cfg.redis.url)
+        redis_up = redis_probe(client)
         rollouts = Rollouts(engine, client, cfg.run.name, cfg.rollout, cfg.redis.max_backlog, supervisor,
                             audit=cfg.redis.audit)
         if cfg.rollout.follow_weights and cfg.learner.weight_transport == "http":
@@ -43,9 +44,9 @@ def build(cfg: RunConfig, model: str) -> tuple[FastAPI, Supervisor, Callable[[],
     def health() -> dict[str, object]:
         status = {**engine.health(), **supervisor.health()}
         status["ok"] = bool(status["ok"]) and engine.error is None
-        if rollouts is not None and client is not None:
+        if rollouts is not None and redis_up is not None:
             status["rollouts"] = rollouts.stats()
-            status["redis"] = reachable(client)
+            status["redis"] = redis_up()
             status["ready"] = status["ok"] and status["redis"]
         return status
 
