@@ -28,6 +28,8 @@ def failure(done: Completed, cfg_wall_s: float, output_bytes: int) -> Verdict | 
         return Verdict(status=S.timeout, detail=f"killed after {cfg_wall_s:g}s wall clock")
     if done.overflow:
         return Verdict(status=S.limit_exceeded, detail=f"output over {output_bytes} bytes, cut")
+    if done.limit:
+        return Verdict(status=S.limit_exceeded, detail=f"{done.limit} limit")
     rc = done.returncode
     if rc > 128 and rc - 128 in signal.valid_signals():
         rc = 128 - rc  # bwrap reports a child killed by signal N as exit code 128 + N
@@ -57,7 +59,7 @@ def check_program(sandbox: Sandbox, program: str, ref: CodeReference) -> Verdict
     for i, test in enumerate(ref.io_tests):
         # A lone surrogate cannot be fed to a program as UTF-8; it reads U+FFFD instead, as
         # program and test code are encoded (one odd item must not fail its whole batch).
-        done, _ = sandbox.run(program, stdin=test.stdin.encode(errors="replace"))
+        done = sandbox.run(program, stdin=test.stdin.encode(errors="replace"))
         bad = failure(done, cfg.wall_s, cfg.output_bytes)
         if bad is not None:
             return Verdict(status=bad.status, detail=f"test {i}: {bad.detail}")
@@ -67,11 +69,11 @@ def check_program(sandbox: Sandbox, program: str, ref: CodeReference) -> Verdict
         if not ref.entry_point or not ref.entry_point.isidentifier():
             # It is one field of the harness header: anything but a name would shift the others.
             return Verdict(status=S.wrong, detail="reference entry_point is not a Python identifier")
-        done, nonce = sandbox.run(program, test_code=ref.test_code, entry_point=ref.entry_point)
+        done = sandbox.run(program, test_code=ref.test_code, entry_point=ref.entry_point)
         bad = failure(done, cfg.wall_s, cfg.output_bytes)
         if bad is not None:
             return bad
-        if done.stdout.rstrip().rsplit(b"\n", 1)[-1] != nonce.encode():
+        if not done.checked:  # the pass mark comes from the checker process, never the program
             return Verdict(status=S.wrong, detail="exited before the tests finished")
     n = len(ref.io_tests) + (1 if ref.test_code else 0)
     return Verdict(status=S.correct, detail=f"passed {n} test run(s)")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import queue
-import secrets
 import threading
 
 from protocol.config.reward import SandboxConfig
@@ -52,47 +51,54 @@ class Sandbox:
             self._free.put(uid)
 
     def run(self, program: str, stdin: bytes = b"", test_code: str = "",
-            entry_point: str = "") -> tuple[Completed, str]:
-        """Run `program` (then `check(entry_point)` if test_code is given); returns the
-        completed run and the nonce a `call`-mode run prints when its check passed."""
+            entry_point: str = "") -> Completed:
+        """Run `program` with `stdin` (`io` mode), or, if test_code is given, run the tests'
+        `check(entry_point)` against it (`call` mode: `checked` says whether it returned)."""
         cfg = self.cfg
-        nonce = secrets.token_hex(16)
         src, test = program.encode(errors="replace"), test_code.encode(errors="replace")
-        head = header("call" if test_code else "io", nonce, src, test, entry_point, cfg.cpu_s,
-                      cfg.memory_mb << 20, cfg.file_size_mb << 20, cfg.nproc)
-        payload = head + src + test + stdin
-        uid = self._free.get()
+        verdict = os.pipe()
         try:
-            if cfg.backend == "warm":
-                done, killed = self._run_warm(uid, payload)
-            else:
-                done, killed = self._run_cold(uid, payload)
+            head = header("call" if test_code else "io", src, test, entry_point, cfg.cpu_s,
+                          cfg.memory_mb << 20, cfg.file_size_mb << 20, cfg.nproc,
+                          warm.VERDICT_FD if cfg.backend == "warm" else verdict[1])
+            payload = head + src + test + stdin
+            uid = self._free.get()
+            try:
+                if cfg.backend == "warm":
+                    done, killed = self._run_warm(uid, payload, verdict)
+                else:
+                    done, killed = self._run_cold(uid, payload, verdict)
+            finally:
+                self._free.put(uid)
         finally:
-            self._free.put(uid)
+            os.close(verdict[0])
         if killed:
             with self._lock:
                 self.kills += 1
-        return done, nonce
+        return done
 
-    def _run_cold(self, uid: int, payload: bytes) -> tuple[Completed, bool]:
+    def _run_cold(self, uid: int, payload: bytes,
+                  verdict: tuple[int, int]) -> tuple[Completed, bool]:
         cfg = self.cfg
         if cfg.backend == "bwrap":
             seccomp_fd = syscalls.bpf_fd()
             try:
-                argv, popen = bwrap.command(cfg, uid, seccomp_fd)
-                done = run_capped(argv, payload, cfg.wall_s, cfg.output_bytes, **popen)
+                argv, popen = bwrap.command(cfg, uid, seccomp_fd, verdict[1])
+                done = run_capped(argv, payload, cfg.wall_s, cfg.output_bytes, verdict, **popen)
             finally:
                 os.close(seccomp_fd)
         else:
-            argv, popen, after = rlimit.command(cfg, uid)
-            done = run_capped(argv, payload, cfg.wall_s, cfg.output_bytes, after_exit=after, **popen)
+            argv, popen, after = rlimit.command(cfg, uid, verdict[1])
+            done = run_capped(argv, payload, cfg.wall_s, cfg.output_bytes, verdict,
+                              after_exit=after, **popen)
         return done, done.timed_out or done.overflow
 
-    def _run_warm(self, uid: int, payload: bytes) -> tuple[Completed, bool]:
+    def _run_warm(self, uid: int, payload: bytes,
+                  verdict: tuple[int, int]) -> tuple[Completed, bool]:
         slot = self._warm.get(uid)
         if slot is None or slot.proc.poll() is not None:
             slot = self._restart(uid)
-        done, fit, left = warm.run(slot, payload, self.cfg.wall_s, self.cfg.output_bytes)
+        done, fit, left = warm.run(slot, payload, verdict, self.cfg.wall_s, self.cfg.output_bytes)
         if not fit:
             try:
                 self._restart(uid)  # replaced now, so the next program does not wait for it

@@ -66,6 +66,7 @@ def as_uid(uid: int, argv: list[str],
     return argv, {**kwargs, "user": uid, "group": uid, "extra_groups": []}
 
 
-def command(cfg: SandboxConfig, uid: int, seccomp_fd: int) -> tuple[list[str], dict[str, Any]]:
+def command(cfg: SandboxConfig, uid: int, seccomp_fd: int,
+            verdict_fd: int) -> tuple[list[str], dict[str, Any]]:
     return as_uid(uid, args(cfg, seccomp_fd, [cfg.python, "-I", "-S", "-c", HARNESS]),
-                  [seccomp_fd])
+                  [seccomp_fd, verdict_fd])

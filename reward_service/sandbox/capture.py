@@ -15,6 +15,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from reward_service.sandbox.harness import VERDICT_PASS
+
 
 @dataclass
 class Completed:
@@ -24,6 +26,10 @@ class Completed:
     timed_out: bool
     overflow: bool
     wall_s: float
+    checked: bool = False
+    """`call` mode: the checker wrote its pass mark on the run's verdict pipe."""
+    limit: str | None = None
+    """A bound the host saw the run hit outside the program's view (e.g. "memory")."""
 
 
 @dataclass
@@ -105,10 +111,26 @@ def _kill_group(pid: int) -> None:
         pass
 
 
+def verdict_reader(fd: int) -> tuple[Callable[[], bool], Callable[[], bool]]:
+    """A pump reader for a run's verdict pipe, and a function that says whether it held
+    exactly the pass mark once the pipe has been read."""
+    got = bytearray()
+
+    def read() -> bool:
+        chunk = os.read(fd, 16)
+        got.extend(chunk[:16 - len(got)])
+        return not chunk
+
+    return read, lambda: bytes(got) == VERDICT_PASS
+
+
 def run_capped(argv: Sequence[str], stdin: bytes, wall_s: float, max_bytes: int,
-               after_exit: Callable[[], None] | None = None, **popen: Any) -> Completed:
-    """Run a fresh process (new session). `after_exit` runs once the main process is gone (or
-    killed): it must end any process the program left behind, so the pipes reach EOF."""
+               verdict: tuple[int, int], after_exit: Callable[[], None] | None = None,
+               **popen: Any) -> Completed:
+    """Run a fresh process (new session). `verdict` is the run's verdict pipe (read end, write
+    end): the write end goes to the process (in `popen`'s pass_fds) and is closed here once it
+    is started. `after_exit` runs once the main process is gone (or killed): it must end any
+    process the program left behind, so the pipes reach EOF."""
     start = time.monotonic()
     in_r, in_w = os.pipe()
     out_r, out_w = os.pipe()
@@ -121,8 +143,9 @@ def run_capped(argv: Sequence[str], stdin: bytes, wall_s: float, max_bytes: int,
             os.close(fd)
         raise
     finally:
-        for fd in (in_r, out_w, err_w):
+        for fd in (in_r, out_w, err_w, verdict[1]):
             os.close(fd)
+    read_verdict, passed = verdict_reader(verdict[0])
     cleaned = False
 
     def cleanup() -> None:
@@ -137,7 +160,8 @@ def run_capped(argv: Sequence[str], stdin: bytes, wall_s: float, max_bytes: int,
 
     got = None
     try:
-        got = pump(in_w, out_r, err_r, stdin, start + wall_s, max_bytes, on_idle=idle)
+        got = pump(in_w, out_r, err_r, stdin, start + wall_s, max_bytes, on_idle=idle,
+                   readers={verdict[0]: read_verdict})
     finally:
         if got is None or got.timed_out or got.overflow or proc.poll() is None:
             _kill_group(proc.pid)
@@ -146,4 +170,4 @@ def run_capped(argv: Sequence[str], stdin: bytes, wall_s: float, max_bytes: int,
         os.close(out_r)
         os.close(err_r)
     return Completed(proc.returncode, got.stdout, got.stderr, got.timed_out, got.overflow,
-                     time.monotonic() - start)
+                     time.monotonic() - start, passed())

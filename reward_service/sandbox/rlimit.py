@@ -55,7 +55,8 @@ def kill_uid(uid: int) -> None:
     os.waitpid(pid, 0)
 
 
-def command(cfg: SandboxConfig, uid: int) -> tuple[list[str], dict[str, Any], Callable[[], None]]:
+def command(cfg: SandboxConfig, uid: int,
+            verdict_fd: int) -> tuple[list[str], dict[str, Any], Callable[[], None]]:
     """argv, Popen kwargs and the cleanup to run after the program (removes its workdir)."""
     workdir = tempfile.mkdtemp(prefix="ringrl-sbx-")
     os.chown(workdir, uid, uid)
@@ -65,5 +66,6 @@ def command(cfg: SandboxConfig, uid: int) -> tuple[list[str], dict[str, Any], Ca
         shutil.rmtree(workdir, ignore_errors=True)
 
     env = {"PATH": "/usr/bin:/bin", "HOME": workdir, "LANG": "C.UTF-8", "TMPDIR": workdir}
-    popen = {"preexec_fn": _confine(cfg, uid), "env": env, "cwd": workdir}
+    popen = {"preexec_fn": _confine(cfg, uid), "env": env, "cwd": workdir,
+             "pass_fds": (verdict_fd,)}
     return [cfg.python, "-I", "-S", "-c", HARNESS], popen, cleanup

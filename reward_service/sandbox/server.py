@@ -14,29 +14,24 @@ signals from inside the namespace that init has no handler for, so SIGINT is set
 
 from __future__ import annotations
 
+import struct
+
 from reward_service.sandbox.harness import HARNESS_DEF
 
-REPLY_FORMAT = "!iii"
-REPLY_SIZE = 12
+NONCE_SIZE = 16
+REPLY_FORMAT = f"!{NONCE_SIZE}siii"
+REPLY_SIZE = struct.calcsize(REPLY_FORMAT)
 
-SERVER = HARNESS_DEF + r'''
-import atexit, signal, socket, struct, traceback
+SERVER = HARNESS_DEF + f"NONCE_SIZE = {NONCE_SIZE}\nREPLY_FORMAT = {REPLY_FORMAT!r}\n" + r'''
+import ctypes, signal, socket, struct
 # Loaded once here, so a forked program finds them imported (children re-seed `random`).
 import bisect, collections, copy, decimal, fractions, functools, heapq, itertools, json, math
 import operator, random, re, statistics, string, typing
 
-def _ringrl_exit_code(code):
-    if code is None:
-        return 0
-    if isinstance(code, int):
-        return code & 0xFF
-    print(code, file=sys.stderr)
-    return 1
-
 def _ringrl_child(fds):
     for i, fd in enumerate(fds):
         os.dup2(fd, i)
-    os.closerange(3, 1 << 20)  # the control socket above all: a program must not answer for us
+    os.closerange(4, 1 << 20)  # the control socket above all: a program must not answer for us
     signal.signal(signal.SIGINT, signal.default_int_handler)
     sys.stdin = sys.__stdin__ = open(0, "r", encoding="utf-8", closefd=False)
     sys.stdout = sys.__stdout__ = open(1, "w", encoding="utf-8", closefd=False)
@@ -44,27 +39,13 @@ def _ringrl_child(fds):
                                        closefd=False)
     os.chdir("/tmp")
     try:
-        _ringrl_harness()
-        code = 0
+        code = _ringrl_harness()
     except SystemExit as e:
         code = _ringrl_exit_code(e.code)
     except BaseException:
         traceback.print_exc()
         code = 1
-    # What the interpreter does at exit: wait for non-daemon threads, atexit, flush.
-    threading = sys.modules.get("threading")
-    try:
-        if threading is not None:
-            threading._shutdown()
-        atexit._run_exitfuncs()
-    except BaseException:
-        traceback.print_exc()
-    for f in (sys.stdout, sys.stderr):
-        try:
-            f.flush()
-        except BaseException:
-            code = code or 120
-    os._exit(code)
+    _ringrl_finish(code)
 
 def _ringrl_reap():
     left = 0
@@ -100,13 +81,14 @@ def _ringrl_serve(ctl_fd):
     os.closerange(3, ctl_fd)
     os.closerange(ctl_fd + 1, 1 << 20)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+    _ringrl_nodump()
     ctl = socket.socket(fileno=ctl_fd)
     ctl.sendall(b"R")
     while True:
-        msg, fds, _, _ = socket.recv_fds(ctl, 1, 3)
+        msg, fds, _, _ = socket.recv_fds(ctl, 1 + NONCE_SIZE, 4)
         if not msg:
             os._exit(0)  # the host is gone
-        if len(fds) != 3:
+        if len(fds) != 4 or len(msg) != 1 + NONCE_SIZE:
             os._exit(1)
         pid = os.fork()
         if pid == 0:
@@ -116,7 +98,8 @@ def _ringrl_serve(ctl_fd):
         status = os.waitpid(pid, 0)[1]
         left = _ringrl_reap()
         ok = _ringrl_wipe()
-        ctl.sendall(struct.pack("!iii", os.waitstatus_to_exitcode(status), left, int(ok)))
+        ctl.sendall(struct.pack(REPLY_FORMAT, msg[1:], os.waitstatus_to_exitcode(status), left,
+                                int(ok)))
         if not ok:
             os._exit(2)
 

@@ -12,8 +12,10 @@ replaced the same way.
 
 from __future__ import annotations
 
+import hmac
 import json
 import os
+import secrets
 import select
 import signal
 import socket
@@ -24,10 +26,13 @@ from dataclasses import dataclass
 
 from protocol.config.reward import SandboxConfig
 from reward_service.sandbox import bwrap, syscalls
-from reward_service.sandbox.capture import Completed, pump
-from reward_service.sandbox.server import REPLY_FORMAT, REPLY_SIZE, SERVER
+from reward_service.sandbox.capture import Completed, pump, verdict_reader
+from reward_service.sandbox.server import NONCE_SIZE, REPLY_FORMAT, REPLY_SIZE, SERVER
 
 START_TIMEOUT_S = 30.0
+VERDICT_FD = 3
+"""The fd number of the verdict pipe in a warm run (the server wires the four fds it receives
+to 0-3)."""
 
 
 class StartError(RuntimeError):
@@ -128,22 +133,24 @@ def stop(slot: Slot) -> None:
     os.close(slot.pidfd)
 
 
-def run(slot: Slot, payload: bytes, wall_s: float,
+def run(slot: Slot, payload: bytes, verdict: tuple[int, int], wall_s: float,
         max_bytes: int) -> tuple[Completed, bool, int]:
-    """One program in the slot's sandbox. Returns the run, whether the slot is still fit for
-    the next program (if not, it has been killed: stop it and start a fresh one), and how many
-    processes the program left behind (killed by the server)."""
+    """One program in the slot's sandbox; `verdict` is its verdict pipe (the write end goes to
+    the server as the run's fd 3 and is closed here). Returns the run, whether the slot is
+    still fit for the next program (if not, it has been killed: stop it and start a fresh
+    one), and how many processes the program left behind (killed by the server)."""
     start_t = time.monotonic()
     in_r, in_w = os.pipe()
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
+    nonce = secrets.token_bytes(NONCE_SIZE)
     try:
-        socket.send_fds(slot.ctl, [b"R"], [in_r, out_w, err_w])
+        socket.send_fds(slot.ctl, [b"R" + nonce], [in_r, out_w, err_w, verdict[1]])
         sent = True
     except OSError:
         sent = False  # the server is gone
     finally:
-        for fd in (in_r, out_w, err_w):
+        for fd in (in_r, out_w, err_w, verdict[1]):
             os.close(fd)
     reply = bytearray()
 
@@ -152,18 +159,33 @@ def run(slot: Slot, payload: bytes, wall_s: float,
         reply.extend(chunk)
         return not chunk or len(reply) == REPLY_SIZE
 
+    read_verdict, passed = verdict_reader(verdict[0])
+    readers = {verdict[0]: read_verdict}
+    if sent:
+        readers[slot.ctl.fileno()] = read_reply
     try:
         got = pump(in_w, out_r, err_r, payload if sent else b"", start_t + wall_s, max_bytes,
-                   readers={slot.ctl.fileno(): read_reply} if sent else None)
+                   readers=readers)
     finally:
         os.close(out_r)
         os.close(err_r)
-    if len(reply) == REPLY_SIZE:
-        rc, left, healthy = struct.unpack(REPLY_FORMAT, reply)
-    else:
-        rc, left, healthy = -signal.SIGKILL, 0, 0
+    rc, left, healthy = -signal.SIGKILL, 0, 0
+    if len(reply) == REPLY_SIZE and not _pending(slot.ctl):
+        echoed, rc_, left_, healthy_ = struct.unpack(REPLY_FORMAT, reply)
+        if hmac.compare_digest(echoed, nonce):  # a reply for this run, and nothing after it
+            rc, left, healthy = rc_, left_, healthy_
     fit = bool(healthy) and not got.timed_out and not got.overflow
     if not fit:
         _kill(slot.proc, slot.pidfd)  # the hard limit: nothing inside can delay this
     return Completed(rc, got.stdout, got.stderr, got.timed_out, got.overflow,
-                     time.monotonic() - start_t), fit, left
+                     time.monotonic() - start_t, passed()), fit, left
+
+
+def _pending(sock: socket.socket) -> bool:
+    """Whether bytes beyond the reply wait on the control socket (only a forger sends them)."""
+    try:
+        return bool(sock.recv(1, socket.MSG_DONTWAIT | socket.MSG_PEEK))
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True

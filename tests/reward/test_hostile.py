@@ -100,7 +100,7 @@ def test_resource_attacks_are_cut(scorer: Scorer, program: str, statuses: set[S]
 
 
 def test_huge_output_is_cut_at_the_cap(scorer: Scorer) -> None:
-    done, _ = scorer.sandbox.run("import sys\nwhile True:\n    sys.stdout.write('y' * 65536)")
+    done = scorer.sandbox.run("import sys\nwhile True:\n    sys.stdout.write('y' * 65536)")
     assert done.overflow and len(done.stdout) == scorer.cfg.sandbox.output_bytes
 
 
@@ -158,7 +158,7 @@ def test_host_secrets_do_not_leak(scorer: Scorer, monkeypatch: pytest.MonkeyPatc
         "    try:\n        print(open(p, 'rb').read())\n    except OSError as e:\n        print(p, e)\n"
         "print(os.environ)\n")
     try:
-        done, _ = scorer.sandbox.run(program)
+        done = scorer.sandbox.run(program)
         verdict = check_program(scorer.sandbox, program, ONLY_OK)
     finally:
         secret_file.unlink()
@@ -208,7 +208,7 @@ def test_files_do_not_carry_over_to_the_next_program(scorer: Scorer) -> None:
             "os.chmod('/tmp/a/b', 0)\nos.chmod('/tmp/a', 0)\nos.chmod('/tmp', 0o500)\n"
             "print(sorted(os.listdir('/tmp')))\n")
     for _ in range(scorer.cfg.code_concurrency + 1):  # at least twice through some slot
-        done, _ = scorer.sandbox.run(fill)
+        done = scorer.sandbox.run(fill)
         assert done.returncode == 0, done.stderr
         assert done.stdout == b"['a', 'link']\n"
     assert os.path.isdir("/usr/bin")
@@ -224,7 +224,7 @@ def test_interpreter_changes_do_not_carry_over(scorer: Scorer) -> None:
     probe = "import json, math, sys\nprint(len([1]), math.pi, '/tmp' in sys.path)"
     for _ in range(scorer.cfg.code_concurrency + 1):
         scorer.sandbox.run(hostile)
-        done, _ = scorer.sandbox.run(probe)
+        done = scorer.sandbox.run(probe)
         assert done.stdout == f"1 {__import__('math').pi} False\n".encode(), done.stderr
 
 
@@ -233,7 +233,7 @@ def test_ipc_objects_cannot_carry_state(scorer: Scorer) -> None:
     program = ("import ctypes\n"
                "libc = ctypes.CDLL(None, use_errno=True)\n"
                "print(libc.shmget(0x5eed, 4096, 0o1000 | 0o600), ctypes.get_errno())\n")
-    done, _ = scorer.sandbox.run(program)
+    done = scorer.sandbox.run(program)
     assert done.stdout == b"-1 1\n", done.stderr  # EPERM from seccomp
 
 
