@@ -16,10 +16,14 @@ def fail(message: str, code: int = 2) -> NoReturn:
 def load_or_fail(path: str | Path | None, model: Any = None) -> Any:
     """The config at `path` (defaults when None) as `model` (RunConfig unless given); a mistake in
     it ends the command with the one line that names the field."""
+    from protocol.auth import load_tokens
     from protocol.config import ConfigError, RunConfig, load_config
 
     try:
-        return load_config(path, model=model or RunConfig)
+        cfg = load_config(path, model=model or RunConfig)
+        if isinstance(cfg, RunConfig):
+            load_tokens(cfg.auth)  # an unreadable token file is a mistake in the config, said now
+        return cfg
     except ConfigError as exc:
         fail(str(exc))
 

@@ -24,6 +24,7 @@ import redis
 import torch
 from prometheus_client import CollectorRegistry
 
+from protocol.auth import Tokens
 from protocol.metrics import observability_handler
 from protocol.streams import RunKeys
 from protocol.transport import WeightSender, WeightVersion, make_manifest
@@ -43,8 +44,10 @@ class WeightServer:
 
     def __init__(self, directory: str | Path, host: str, port: int, keep: int, public_url: str = "",
                  registry: CollectorRegistry | None = None,
-                 health: Callable[[], dict[str, Any]] | None = None) -> None:
+                 health: Callable[[], dict[str, Any]] | None = None, tokens: Tokens = Tokens()) -> None:
+        """`tokens`: every path but /healthz needs the API token (the weights are the model)."""
         self.registry = registry or CollectorRegistry()
+        self.tokens = tokens
         self.health = health or (lambda: {"ok": True})
         self.httpd = ThreadingHTTPServer((host, port), _handler(self))
         self.port = self.httpd.server_address[1]
@@ -58,8 +61,8 @@ class WeightServer:
 
 
 def _handler(server: WeightServer) -> type[BaseHTTPRequestHandler]:
-    class Handler(observability_handler(server.registry, server.health)):  # type: ignore[misc]
-        def route(self, path: str) -> bool:
+    class Handler(observability_handler(server.registry, server.health, server.tokens)):  # type: ignore[misc]
+        def route(self, path: str, trusted: bool = True) -> bool:
             if path == "/v1/weights/latest":
                 latest = server.store.latest
                 if latest is None:
@@ -69,7 +72,7 @@ def _handler(server: WeightServer) -> type[BaseHTTPRequestHandler]:
                 return True
             m = re.fullmatch(r"/v1/weights/(\w+)", path)
             if m is None:
-                return super().route(path)
+                return super().route(path, trusted)
             if not m.group(1).isdigit():
                 self._json(400, {"detail": "version: must be a non-negative integer or 'latest'"})
                 return True

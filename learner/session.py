@@ -39,6 +39,7 @@ from learner.batcher import Step
 from learner.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from learner.publish import Publisher, WeightServer
 from learner.trainer import Learner
+from protocol.auth import load_tokens, warn_if_open
 from protocol.config import RunConfig
 from protocol.queue import Entry, StreamConsumer, connect, redis_probe
 from protocol.streams import LEARNER_GROUP, Plan, RunKeys
@@ -90,9 +91,11 @@ class LearnerSession:
         self._step_gauge = Gauge("ringrl_learner_step", "Last step's metrics", ["name"], registry=self.registry)
         self._count_gauge = Gauge("ringrl_learner_counters", "Batcher counters (groups/tokens by fate)",
                                   ["name"], registry=self.registry)
+        tokens = load_tokens(cfg.auth)
+        warn_if_open(tokens, lc.http_host, "learner")
         self.server = WeightServer(weights_dir or self.root.parent / "weights", lc.http_host,
                                    lc.http_port if http_port is None else http_port, lc.keep_weight_versions,
-                                   lc.public_url, self.registry, self.health)
+                                   lc.public_url, self.registry, self.health, tokens)
         # The pull store serves every transport: it is how an engine that joins late catches up.
         self.publisher = Publisher([self.server.store], lc.publish_dtype, lc.bucket_mb << 20, self.client,
                                    cfg.run.name)

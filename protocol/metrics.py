@@ -21,6 +21,9 @@ from prometheus_client import (
     make_wsgi_app,
 )
 from prometheus_client.exposition import ThreadingWSGIServer
+from starlette.requests import Request
+
+from protocol.auth import Tokens, authenticated, refusal
 
 Health = Callable[[], dict[str, Any]]
 """Returns a JSON-able status. A truthy "ok" key means alive (GET /healthz answers 200, else 503:
@@ -30,18 +33,20 @@ the orchestrator should restart the process); "ready" (default: "ok") means it c
 PROBES = ("/healthz", "/readyz")
 
 
-def _health_body(health: Health, path: str = "/healthz") -> tuple[int, bytes]:
+def _health_body(health: Health, path: str = "/healthz", brief: bool = False) -> tuple[int, bytes]:
+    """`brief`: liveness alone, for a caller without the token (protocol/auth.py)."""
     try:
         status = health()
     except Exception as exc:  # a failing probe is itself the answer: unhealthy, with the reason
         status = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
     status.setdefault("ready", bool(status.get("ok")))
     up = status.get("ok") and (path == "/healthz" or status["ready"])
-    return (200 if up else 503), json.dumps(status).encode()
+    return (200 if up else 503), json.dumps({"ok": bool(up)} if brief else status).encode()
 
 
 def mount_observability(app: Any, registry: CollectorRegistry, health: Health) -> None:
-    """Add GET /metrics, GET /healthz (liveness) and GET /readyz (readiness) to a FastAPI app."""
+    """Add GET /metrics, GET /healthz (liveness) and GET /readyz (readiness) to a FastAPI app.
+    Access is the app's BearerAuth middleware's; /healthz answers a stranger liveness alone."""
     from fastapi import Response
 
     @app.get("/metrics", include_in_schema=False, response_model=None)
@@ -49,8 +54,9 @@ def mount_observability(app: Any, registry: CollectorRegistry, health: Health) -
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/healthz", response_model=None)
-    def healthz() -> Response:
-        code, body = _health_body(health, "/healthz")
+    def healthz(request: Request) -> Response:
+        brief = not request.scope.get("state", {}).get("authenticated", True)
+        code, body = _health_body(health, "/healthz", brief)
         return Response(body, status_code=code, media_type="application/json")
 
     @app.get("/readyz", response_model=None)
@@ -59,22 +65,30 @@ def mount_observability(app: Any, registry: CollectorRegistry, health: Health) -
         return Response(body, status_code=code, media_type="application/json")
 
 
-def observability_handler(registry: CollectorRegistry, health: Health) -> type[BaseHTTPRequestHandler]:
+def observability_handler(registry: CollectorRegistry, health: Health,
+                          tokens: Tokens = Tokens()) -> type[BaseHTTPRequestHandler]:
     """A stdlib request handler serving /metrics and /healthz; subclass it and extend `route`
-    to serve more paths from the same port."""
+    to serve more paths from the same port (all behind `tokens`)."""
     # Kept for learner/publish.py: its weight server streams safetensors files from this handler's port.
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-            if not self.route(self.path):
+            path = self.path.split("?", 1)[0]
+            header = self.headers.get("Authorization")
+            refused = refusal(tokens, "GET", path, header)
+            if refused is not None:
+                self.send_body(refused[0], json.dumps({"detail": refused[1], "field": "authorization"}).encode(),
+                               "application/json")
+            elif not self.route(path, authenticated(tokens, header)):
                 self.send_body(404, b'{"detail": "not found"}', "application/json")
 
-        def route(self, path: str) -> bool:
-            """Answer `path` and return True, or return False for a 404."""
+        def route(self, path: str, trusted: bool = True) -> bool:
+            """Answer `path` and return True, or return False for a 404; `trusted`: the caller
+            showed a token (or none is needed)."""
             if path == "/metrics":
                 self.send_body(200, generate_latest(registry), CONTENT_TYPE_LATEST)
             elif path in PROBES:
-                self.send_body(*_health_body(health, path), "application/json")
+                self.send_body(*_health_body(health, path, brief=not trusted), "application/json")
             else:
                 return False
             return True
@@ -92,15 +106,23 @@ def observability_handler(registry: CollectorRegistry, health: Health) -> type[B
     return Handler
 
 
-def observability_app(registry: CollectorRegistry, health: Health) -> Callable[..., Iterable[bytes]]:
+def observability_app(registry: CollectorRegistry, health: Health,
+                      tokens: Tokens = Tokens()) -> Callable[..., Iterable[bytes]]:
     """A WSGI app: /metrics is prometheus_client's, /healthz the probe's JSON, anything else 404."""
     metrics = make_wsgi_app(registry)
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
-        if path == "/metrics":
+        header = environ.get("HTTP_AUTHORIZATION")
+        refused = refusal(tokens, environ.get("REQUEST_METHOD", "GET"), path, header)
+        if refused is not None:
+            code, body = refused[0], json.dumps({"detail": refused[1], "field": "authorization"}).encode()
+        elif path == "/metrics":
             return metrics(environ, start_response)
-        code, body = _health_body(health, path) if path in PROBES else (404, b'{"detail": "not found"}')
+        elif path in PROBES:
+            code, body = _health_body(health, path, brief=not authenticated(tokens, header))
+        else:
+            code, body = 404, b'{"detail": "not found"}'
         start_response(f"{code} {HTTPStatus(code).phrase}",
                        [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
         return [body]
@@ -114,12 +136,12 @@ class _QuietHandler(WSGIRequestHandler):
 
 
 def serve_observability(registry: CollectorRegistry, health: Health, host: str = "127.0.0.1",
-                        port: int = 0) -> WSGIServer:
+                        port: int = 0, tokens: Tokens = Tokens()) -> WSGIServer:
     """Serve /metrics and /healthz from a daemon thread; for processes without a web app.
 
     Port 0 picks a free port: read it back from `server.server_address[1]`; `shutdown()` stops it.
     """
-    server = make_server(host, port, observability_app(registry, health), ThreadingWSGIServer,
+    server = make_server(host, port, observability_app(registry, health, tokens), ThreadingWSGIServer,
                          handler_class=_QuietHandler)
     threading.Thread(target=server.serve_forever, daemon=True, name="observability").start()
     return server

@@ -27,6 +27,7 @@ import redis
 import yaml
 from rich.console import Console
 
+from protocol.auth import load_tokens
 from protocol.config.train import StageConfig, TrainConfig, stage_kind
 from protocol.queue import connect
 from protocol.streams import Plan, RunKeys
@@ -58,7 +59,8 @@ class ServiceDriver:
         self.dc = cfg.driver
         self.keys = RunKeys(cfg.run.name)
         self.client = connect(cfg.redis.url)
-        self.http = httpx.Client(timeout=self.dc.http_timeout_s, trust_env=False)
+        self.http = httpx.Client(timeout=self.dc.http_timeout_s, trust_env=False,
+                                 headers=load_tokens(cfg.auth).headers())
         self.out = Path(cfg.run.output_dir) / cfg.run.name
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json", by_alias=True),

@@ -11,6 +11,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 
+from protocol.auth import BearerAuth, Tokens
 from protocol.body_limit import BodyLimit
 from protocol.config.reward import RewardConfig
 from protocol.metrics import mount_observability
@@ -18,8 +19,9 @@ from reward_service.api import ScoreRequest, ScoreResponse, ScoreResult
 from reward_service.scorer import Item, Scorer, reward_of
 
 
-def create_app(config: RewardConfig, scorer: Scorer | None = None) -> FastAPI:
-    """The app owns `scorer` (made from config if not given) and closes it on shutdown."""
+def create_app(config: RewardConfig, scorer: Scorer | None = None, tokens: Tokens = Tokens()) -> FastAPI:
+    """The app owns `scorer` (made from config if not given) and closes it on shutdown; `tokens`
+    guard every route but /healthz."""
     scorer = scorer or Scorer(config)
 
     @asynccontextmanager
@@ -30,6 +32,7 @@ def create_app(config: RewardConfig, scorer: Scorer | None = None) -> FastAPI:
     app = FastAPI(title="ringrl reward service", version="1", lifespan=lifespan,
                   description="Binary rewards: Math-Verify for math, sandboxed tests for code.")
     app.add_middleware(BodyLimit, max_bytes=config.max_request_bytes, setting="reward.max_request_bytes")
+    app.add_middleware(BearerAuth, tokens=tokens)  # added last: runs first, before a body is read
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> Response:

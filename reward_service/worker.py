@@ -78,6 +78,7 @@ def main(config_json: str, index: int) -> None:
     reward service restarts the process."""
     import sys
 
+    from protocol.auth import load_tokens
     from protocol.config import RunConfig
     from protocol.metrics import serve_observability
     from protocol.serving import setup_logging, stop_on_signals
@@ -91,7 +92,7 @@ def main(config_json: str, index: int) -> None:
     stop_on_signals(worker._stop)
     if cfg.reward.metrics_port:
         serve_observability(scorer.registry, lambda: {**scorer.health(), **supervisor.health()},
-                            cfg.reward.host, cfg.reward.metrics_port + index)
+                            cfg.reward.host, cfg.reward.metrics_port + index, load_tokens(cfg.auth))
     supervisor.start(f"reward-worker-{index}", worker.run)
     try:
         while not worker._stop.wait(0.5) and supervisor.failed is None:

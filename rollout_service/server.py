@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import queue
+import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -15,9 +16,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
+from protocol.auth import BearerAuth, Tokens
 from protocol.body_limit import BodyLimit
 from protocol.metrics import mount_observability
-from protocol.transport import WeightError, WeightVersion
+from protocol.transport import MAX_VERSION, WeightError, WeightVersion
 from protocol.transport.broadcast import BroadcastReceiver
 from protocol.transport.http_pull import HttpReceiver
 from rollout_service.engine import MAX_SEED, MAX_TEMPERATURE, Engine, InvalidRequest, Sampling
@@ -55,16 +57,19 @@ class CompletionRequest(BaseModel):
 
 
 class BroadcastSpec(BaseModel):
-    host: str = Field(description="Address of the learner's TCPStore (rank 0).")
+    host: str = Field(max_length=253, description="Address of the learner's TCPStore (rank 0); one of "
+                                                  "rollout.weight_hosts.")
     port: int = Field(ge=1, le=65535)
     rank: int = Field(ge=1, description="This engine's rank in the group (the learner is 0).")
     world_size: int = Field(ge=2)
 
 
 class WeightsRequest(BaseModel):
-    version: int = Field(ge=0, description="The version to load.")
-    url: str | None = Field(default=None, description="Pull a safetensors file from here ...")
-    checksum: str | None = Field(default=None, description="... and check it against this.")
+    version: int = Field(ge=0, le=MAX_VERSION, description="The version to load.")
+    url: str | None = Field(default=None, max_length=2048,
+                            description="Pull a safetensors file from here (a host in rollout.weight_hosts) ...")
+    checksum: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$",
+                                 description="... and check it against this (sha256, hex).")
     broadcast: BroadcastSpec | None = Field(default=None, description="... or receive it by broadcast.")
 
     @model_validator(mode="after")
@@ -87,15 +92,26 @@ def _error(status: int, field: str, message: str) -> JSONResponse:
 
 def create_app(engine: Engine, rollouts: Rollouts | None = None,
                served_model_name: str | None = None, weight_backend: str = "gloo",
-               health: Callable[[], dict[str, Any]] | None = None) -> FastAPI:
+               health: Callable[[], dict[str, Any]] | None = None, tokens: Tokens = Tokens(),
+               weight_hosts: Collection[str] | None = None) -> FastAPI:
     """The rollout API over one engine; without `rollouts` (no Redis) POST /v1/rollouts is 503.
-    `health` (default: the engine's and the loop's) answers /healthz and /readyz."""
+    `health` (default: the engine's and the loop's) answers /healthz and /readyz. `tokens` guard
+    every route but /healthz (POST /v1/weights needs the admin one); weight updates come only from
+    `weight_hosts` (default: rollout.weight_hosts, else this host's loopback)."""
     app = FastAPI(title="ringrl rollout service", version="1",
                   description="vLLM generation for RL: groups into Redis, OpenAI completions, "
                               "versioned weight updates.")
     app.add_middleware(BodyLimit, max_bytes=engine.config.max_request_bytes, setting="rollout.max_request_bytes")
+    # Added last, so it runs first: a stranger's body is never read.
+    app.add_middleware(BearerAuth, tokens=tokens, admin_routes={("POST", "/v1/weights")})
     names = {engine.model_path, served_model_name or engine.config.served_model_name}
-    group, pull = BroadcastReceiver(), HttpReceiver()
+    hosts = frozenset(weight_hosts or engine.config.weight_hosts or ("127.0.0.1", "localhost", "::1"))
+    connect_s = engine.config.weight_connect_timeout_s
+    group = BroadcastReceiver()
+    pull = HttpReceiver(connect_timeout_s=connect_s, headers=tokens.headers(), allowed_hosts=hosts)
+    # One update at a time, and a second one is refused rather than queued: a slow or unreachable
+    # source must not park request threads behind it.
+    updating = threading.Lock()
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -185,18 +201,31 @@ def create_app(engine: Engine, rollouts: Rollouts | None = None,
     def post_weights(req: WeightsRequest) -> Any:
         if req.version <= engine.version:
             return _error(409, "version", f"engine already runs version {engine.version}")
-        record = WeightVersion(version=req.version, url=req.url, checksum=req.checksum)
-        if (b := req.broadcast) is not None:
-            group.join(b.host, b.port, b.rank, b.world_size, weight_backend)
-        # A broadcast is loaded as it lands (no second copy of the model); the learner waits for it.
-        version, seconds = (load_version(engine, group, record, buffer=False) if b is not None
-                            else load_version(engine, pull, record))
+        if req.url is not None:
+            pull.check_url(req.url)
+        if req.broadcast is not None and req.broadcast.host not in hosts:
+            return _error(400, "broadcast.host", "weights come only from the learner's hosts "
+                                                 "(rollout.weight_hosts)")
+        if not updating.acquire(blocking=False):
+            return _error(409, "version", "another weight update is in progress")
+        try:
+            version, seconds = _load(req)
+        finally:
+            updating.release()
         log.info("weights: loaded version %d in %.2fs (%s)", version, seconds,
-                 "broadcast" if b is not None else "pull")
+                 "pull" if req.broadcast is None else "broadcast")
         if version != req.version:  # loaded regardless: the learner sent what it has
             return _error(409, "version", f"asked for {req.version}, learner broadcast {version}")
         return WeightsState(version=engine.version, checksum=engine.checksum,
                             updated_at=engine.updated_at, update_seconds=seconds)
+
+    def _load(req: WeightsRequest) -> tuple[int, float]:
+        record = WeightVersion(version=req.version, url=req.url, checksum=req.checksum)
+        if (b := req.broadcast) is None:
+            return load_version(engine, pull, record)
+        group.join(b.host, b.port, b.rank, b.world_size, weight_backend, connect_timeout_s=connect_s)
+        # A broadcast is loaded as it lands (no second copy of the model); the learner waits for it.
+        return load_version(engine, group, record, buffer=False)
 
     def default_health() -> dict[str, Any]:
         status = engine.health()

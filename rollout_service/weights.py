@@ -28,7 +28,8 @@ def load_version(engine: Engine, receiver: WeightReceiver, record: WeightVersion
     return got.version, engine.update_weights(lambda: got.tensors, got.version, got.checksum)
 
 
-def follow_weights(engine: Engine, client: redis.Redis, keys: RunKeys, supervisor: Supervisor) -> None:
+def follow_weights(engine: Engine, client: redis.Redis, keys: RunKeys, supervisor: Supervisor,
+                   receiver: HttpReceiver | None = None) -> None:
     """Pull every version the learner publishes (and the current one, for a late joiner), as a
     supervised loop. The engine runs what the learner last published: a learner that resumed from
     a checkpoint older than the engine's version (or re-trained a version to different bits) is
@@ -38,7 +39,7 @@ def follow_weights(engine: Engine, client: redis.Redis, keys: RunKeys, superviso
     channel of the same name; the message is only a wake-up, the hash is the truth, so a missed
     message (Redis restarted, link cut) costs at most one poll interval.
     """
-    receiver = HttpReceiver()
+    receiver = receiver or HttpReceiver()
 
     def catch_up() -> None:
         raw = client.hgetall(keys.weights)

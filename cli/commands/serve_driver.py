@@ -29,6 +29,7 @@ def register(app: typer.Typer, serve: typer.Typer) -> None:
         from prometheus_client import CollectorRegistry
         from rich.console import Console
 
+        from protocol.auth import load_tokens
         from protocol.metrics import serve_observability
         from protocol.serving import setup_logging, shutdown_self, stop_on_signals
         from protocol.supervise import Supervisor
@@ -41,7 +42,7 @@ def register(app: typer.Typer, serve: typer.Typer) -> None:
         stop_on_signals(supervisor.stop)
         driver = ServiceDriver(cfg, Console(width=None if sys.stdout.isatty() else 200), supervisor)
         serve_observability(CollectorRegistry(), lambda: {**supervisor.health(), **driver.status},
-                            cfg.driver.host, cfg.driver.port)
+                            cfg.driver.host, cfg.driver.port, load_tokens(cfg.auth))
         try:
             driver.run()
         except TimeoutError as exc:

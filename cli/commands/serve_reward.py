@@ -27,6 +27,7 @@ def register(app: typer.Typer, serve: typer.Typer) -> None:
             fail("redis.url is required for stream workers (or pass --workers 0)")
         if not http and not n:
             fail("nothing to run: --no-http and 0 workers")
+        from protocol.auth import load_tokens, warn_if_open
         from protocol.serving import serve, setup_logging, shutdown_self
         from protocol.supervise import Supervisor
         from reward_service.sandbox import SandboxUnavailable
@@ -36,13 +37,14 @@ def register(app: typer.Typer, serve: typer.Typer) -> None:
         if http:
             from reward_service.server import create_app
             try:
-                app = create_app(cfg.reward)
+                app = create_app(cfg.reward, tokens=load_tokens(cfg.auth))
             except SandboxUnavailable as exc:
                 fail(f"{exc} (set reward.sandbox.backend)")
         supervisor = Supervisor(on_give_up=shutdown_self)
         pool, pool_health = build_pool(cfg, n, supervisor)
         if http:
             app.state.extra_health = pool_health  # the workers' health is the service's
+            warn_if_open(load_tokens(cfg.auth), cfg.reward.host, "reward")
             raise typer.Exit(serve(app, cfg.reward.host, cfg.reward.port, supervisor, pool.stop))
         from protocol.serving import stop_on_signals
 

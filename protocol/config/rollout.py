@@ -59,6 +59,15 @@ class RolloutConfig(Section):
                     "the stream; prompts not started, and groups still unfinished after it, are handed "
                     "back (the run's `returned` stream) for the driver to resubmit.")
     max_n: int = Field(default=64, gt=0, description="Most responses one prompt may ask for (`n`).")
+    weight_hosts: list[str] = Field(
+        default_factory=list,
+        description="Hosts a weight update may come from (POST /v1/weights `url` and `broadcast.host`, "
+                    "and the versions followed from Redis), compared as written; empty: the learner's "
+                    "(learner.public_url's host, learner.http_host, learner.broadcast_host).")
+    weight_connect_timeout_s: float = Field(
+        default=10.0, gt=0,
+        description="Seconds a weight pull may take to connect, and a broadcast join to rendezvous, "
+                    "before the update is refused.")
     max_request_bytes: int = Field(
         default=8 << 20, gt=0, description="Larger request bodies are refused with 413 before they are read.")
     host: str = Field(default="127.0.0.1", description="Bind address of the rollout HTTP server.")

@@ -1,9 +1,12 @@
-"""The sections every part reads: one run's identity, the queue, and the three services."""
+"""The sections every part reads: one run's identity, the queue, the three services, their tokens."""
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from pydantic import Field
 
+from protocol.config.auth import AuthConfig
 from protocol.config.base import Section
 from protocol.config.learner import LearnerConfig
 from protocol.config.redis import RedisConfig
@@ -18,3 +21,14 @@ class RunConfig(Section):
     rollout: RolloutConfig = Field(default_factory=RolloutConfig, description="Generation side.")
     reward: RewardConfig = Field(default_factory=RewardConfig, description="Verifiers and sandbox.")
     learner: LearnerConfig = Field(default_factory=LearnerConfig, description="C3PO training side.")
+    auth: AuthConfig = Field(default_factory=AuthConfig, description="Bearer tokens of the HTTP APIs.")
+
+
+def weight_hosts(cfg: RunConfig) -> list[str]:
+    """Where an engine accepts weights from: rollout.weight_hosts, or else the learner's addresses."""
+    if cfg.rollout.weight_hosts:
+        return list(cfg.rollout.weight_hosts)
+    lc = cfg.learner
+    hosts = [urlsplit(lc.public_url).hostname or "" if lc.public_url else "", lc.broadcast_host,
+             "" if lc.http_host in ("0.0.0.0", "::") else lc.http_host]
+    return sorted({h for h in hosts if h})

@@ -30,6 +30,10 @@ DTYPES: dict[str, torch.dtype] = {
 }
 
 
+MAX_VERSION = 2**53 - 1
+"""Largest weight version: exact in JSON numbers and in every integer field a version travels in."""
+
+
 class WeightError(ValueError):
     """A version that cannot be received or loaded. The message reads "<field>: <why>"."""
 
@@ -37,7 +41,7 @@ class WeightError(ValueError):
 class WeightVersion(BaseModel):
     """The record that names a published version (the Redis weights hash, GET /v1/weights/latest)."""
 
-    version: int = Field(ge=0, description="Monotonic policy version; 0 is the initial weights.")
+    version: int = Field(ge=0, le=MAX_VERSION, description="Monotonic policy version; 0 is the initial weights.")
     checksum: str | None = Field(
         default=None,
         description="sha256 over tensor names, dtypes, shapes and bytes; empty: not known to the "

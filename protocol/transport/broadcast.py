@@ -45,11 +45,19 @@ class WeightGroup:
 
 
 def create_group(host: str, port: int, rank: int, world_size: int, backend: str = "gloo",
-                 timeout_s: float = 300.0) -> WeightGroup:
-    """Join (rank > 0) or host (rank 0) the weight group; every collective times out after `timeout_s`."""
+                 timeout_s: float = 300.0, connect_timeout_s: float | None = None) -> WeightGroup:
+    """Join (rank > 0) or host (rank 0) the weight group; every collective times out after
+    `timeout_s`, the rendezvous after `connect_timeout_s` (default: the same)."""
     timeout = timedelta(seconds=timeout_s)
-    store = dist.TCPStore(host, port, world_size, is_master=rank == 0, timeout=timeout,
-                          wait_for_workers=False)
+    rendezvous = timedelta(seconds=connect_timeout_s if connect_timeout_s is not None else timeout_s)
+    try:
+        store = dist.TCPStore(host, port, world_size, is_master=rank == 0, timeout=rendezvous,
+                              wait_for_workers=False)
+    except (RuntimeError, ValueError) as exc:  # DistStoreError is a RuntimeError
+        if rank == 0:
+            raise
+        raise WeightError(f"broadcast: no weight group at {host}:{port} within "
+                          f"{rendezvous.total_seconds():g}s ({type(exc).__name__})") from None
     prefixed = dist.PrefixStore("ringrl-weights", store)
     if backend == "gloo":
         opts = dist.ProcessGroupGloo._Options()
@@ -62,6 +70,7 @@ def create_group(host: str, port: int, rank: int, world_size: int, backend: str 
         pg = dist.ProcessGroupNCCL(prefixed, rank, world_size, opts)
     else:
         raise ValueError(f"backend must be 'gloo' or 'nccl', got {backend!r}")
+    store.set_timeout(timeout)
     return WeightGroup(pg, store, rank, world_size)
 
 
@@ -126,12 +135,12 @@ class BroadcastReceiver:
         self._lock = threading.Lock()
 
     def join(self, host: str, port: int, rank: int, world_size: int, backend: str = "gloo",
-             timeout_s: float = 300.0) -> WeightGroup:
+             timeout_s: float = 300.0, connect_timeout_s: float | None = None) -> WeightGroup:
         with self._lock:
             if self.group is None or (self.group.rank, self.group.world_size) != (rank, world_size):
                 if rank <= 0:
                     raise WeightError("rank: engines join as rank >= 1 (rank 0 is the learner)")
-                self.group = create_group(host, port, rank, world_size, backend, timeout_s)
+                self.group = create_group(host, port, rank, world_size, backend, timeout_s, connect_timeout_s)
             return self.group
 
     def receive(self, record: WeightVersion, buffer: bool = True) -> Received:

@@ -9,9 +9,11 @@ catches up from the newest record.
 
 from __future__ import annotations
 
+import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import torch
@@ -25,6 +27,8 @@ from protocol.transport import (
     WeightVersion,
     checksum_tensors,
 )
+
+log = logging.getLogger("ringrl.weights")
 
 
 class SafetensorsStore:
@@ -60,23 +64,48 @@ class HttpReceiver:
 
     The file arrives whole, so `buffer` changes nothing here. A record without a checksum (a file
     from elsewhere) is loaded unverified and takes the checksum its tensors hash to.
+
+    A URL whose host is not in `allowed_hosts` (None: any) is refused before any connection, and
+    redirects are not followed, so a request cannot point the server at another host; why a fetch
+    from an allowed host failed goes to the log, not to the caller.
     """
 
-    def __init__(self, timeout_s: float = 300.0) -> None:
-        self.timeout_s = timeout_s
+    def __init__(self, timeout_s: float = 300.0, connect_timeout_s: float = 5.0,
+                 headers: Mapping[str, str] | None = None,
+                 allowed_hosts: Collection[str] | None = None) -> None:
+        self.timeout = httpx.Timeout(timeout_s, connect=connect_timeout_s)
+        self.headers = dict(headers or {})
+        self.allowed_hosts = None if allowed_hosts is None else frozenset(allowed_hosts)
+
+    def check_url(self, url: str) -> None:
+        """Raise WeightError unless `url` is http(s) on an allowed host."""
+        try:
+            parts = urlsplit(url)
+            host = parts.hostname
+        except ValueError:
+            raise WeightError("url: not a valid URL") from None
+        if parts.scheme not in ("http", "https") or not host:
+            raise WeightError("url: must be an http:// or https:// URL with a host")
+        if self.allowed_hosts is not None and host not in self.allowed_hosts:
+            raise WeightError("url: weights are pulled only from the learner's hosts (rollout.weight_hosts)")
 
     def _fetch(self, url: str) -> dict[str, torch.Tensor]:
+        self.check_url(url)
         try:
-            with httpx.Client(timeout=self.timeout_s, follow_redirects=True) as client:
+            with httpx.Client(timeout=self.timeout, follow_redirects=False, trust_env=False,
+                              headers=self.headers) as client:
                 resp = client.get(url)
         except httpx.HTTPError as exc:
-            raise WeightError(f"url: cannot fetch {url}: {type(exc).__name__}: {exc}") from None
+            log.error("weights: GET %s failed: %s: %s", url, type(exc).__name__, exc)
+            raise WeightError("url: the weights could not be fetched (the rollout log says why)") from None
         if resp.status_code != 200:
-            raise WeightError(f"url: GET {url} answered {resp.status_code}")
+            log.error("weights: GET %s answered %d", url, resp.status_code)
+            raise WeightError(f"url: the weights could not be fetched (HTTP {resp.status_code})")
         try:
             return load_safetensors(resp.content)
         except Exception as exc:  # safetensors raises its own error types on malformed files
-            raise WeightError(f"url: {url} is not a safetensors file: {exc}") from None
+            log.error("weights: %s is not a safetensors file: %s", url, exc)
+            raise WeightError("url: the answer is not a safetensors file") from None
 
     def receive(self, record: WeightVersion, buffer: bool = True) -> Received:
         if not record.url:

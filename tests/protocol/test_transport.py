@@ -144,12 +144,50 @@ def test_corrupted_payload_is_refused(tmp_path: Path, kind: str, buffer: bool) -
         _transfer(kind, _tampered(named), manifest, tmp_path, buffer)
 
 
-def test_http_receiver_names_the_url_it_cannot_fetch() -> None:
+def test_http_receiver_names_the_field_not_the_reason(caplog: pytest.LogCaptureFixture) -> None:
     record = WeightVersion(version=1, url=f"http://127.0.0.1:{free_port()}/v1/weights/1")
-    with pytest.raises(WeightError, match="^url: cannot fetch"):
+    with pytest.raises(WeightError, match="^url: the weights could not be fetched"):
         HttpReceiver(timeout_s=5).receive(record)
+    assert "Connection refused" in caplog.text  # the operator still learns why
     with pytest.raises(WeightError, match="^url: .* no pull URL"):
         HttpReceiver().receive(WeightVersion(version=1))
+
+
+def test_http_receiver_pulls_only_from_allowed_hosts() -> None:
+    """Another host is refused before any connection, with one answer whatever is there, so a
+    caller cannot probe the network through the engine; a redirect is not followed."""
+    listening = ThreadingHTTPServer(("127.0.0.1", 0), _Redirect)
+    threading.Thread(target=listening.serve_forever, daemon=True).start()
+    rx = HttpReceiver(timeout_s=5, allowed_hosts={"127.0.0.1"})
+    answers = set()
+    for url in (f"http://localhost:{listening.server_address[1]}/x", f"http://localhost:{free_port()}/x",
+                "http://169.254.169.254/latest/meta-data", "http://2130706433/x"):
+        with pytest.raises(WeightError) as err:
+            rx.receive(WeightVersion(version=1, url=url))
+        answers.add(str(err.value))
+    assert answers == {"url: weights are pulled only from the learner's hosts (rollout.weight_hosts)"}
+    for url in ("file:///etc/passwd", "http://[::1/x", "gopher://127.0.0.1/"):
+        with pytest.raises(WeightError, match="^url: (not a valid URL|must be an http)"):
+            rx.receive(WeightVersion(version=1, url=url))
+    with pytest.raises(WeightError, match=r"HTTP 302"):  # to an allowed host, yet not followed
+        rx.receive(WeightVersion(version=1, url=f"http://127.0.0.1:{listening.server_address[1]}/x"))
+    assert _Redirect.followed == 0
+    listening.shutdown()
+
+
+class _Redirect(BaseHTTPRequestHandler):
+    followed = 0
+
+    def do_GET(self) -> None:  # noqa: N802
+        if self.path == "/target":
+            type(self).followed += 1
+        self.send_response(302)
+        self.send_header("Location", "/target")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
 
 
 def test_store_keeps_the_newest_versions(tmp_path: Path) -> None:
@@ -185,3 +223,10 @@ def test_broadcast_to_two_receiver_processes_bit_exact() -> None:
         assert p.exitcode == 0
     want = {n: t.float().sum().item() for n, t in named.items()}
     assert sums == [want, want]
+
+
+def test_joining_a_group_nobody_hosts_is_refused_not_hung() -> None:
+    """The rendezvous has its own short timeout (the request that asked for it gets an answer);
+    collectives keep the long one."""
+    with pytest.raises(WeightError, match=r"^broadcast: no weight group at 127\.0\.0\.1:\d+ within 2s"):
+        BroadcastReceiver().join("127.0.0.1", free_port(), 1, 2, timeout_s=600, connect_timeout_s=2)
