@@ -1,91 +1,149 @@
-"""Payloads of the scoring HTTP API."""
+"""Payloads of the scoring HTTP API, bounded by the reward config.
 
-from __future__ import annotations
+The bounds and the cross-field rules are in the models, so they are also in the OpenAPI document:
+a client sees what will be refused, and a fuzzer that generates from the document only sends
+items the server accepts (or, negated, ones it refuses).
+"""
 
-from typing import Annotated
+# No `from __future__ import annotations`: the request models are built inside a function from the
+# config's bounds, and pydantic must see those local values, not strings naming them.
+
+from typing import Annotated, Any, Literal, Protocol
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
-from protocol.schema import (
-    CodeReference,
-    IOTest,
-    MathReference,
-    Reference,
-    TaskKind,
-    VerdictStatus,
-)
+from protocol.config.reward import RewardConfig
+from protocol.schema import CodeReference, MathReference, Reference, VerdictStatus
+
+ENTRY_POINT = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
+"""An ASCII Python name: it is one field of the harness header, anything else would shift the rest."""
 
 
-def _utf8(value: str | None) -> str | None:
+def _utf8(value: str) -> str:
     """Refuse strings JSON can carry but UTF-8 cannot (lone surrogates, e.g. "\\ud800"): the field
     is named in the 422 instead of a 500 inside the verifier."""
-    if value is not None:
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError as exc:
-            raise ValueError(f"not valid Unicode (lone surrogate at index {exc.start})") from None
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"not valid Unicode (lone surrogate at index {exc.start})") from None
     return value
 
 
-Utf8 = Annotated[str, AfterValidator(_utf8)]
+def _text(max_chars: int, description: str, **more: Any) -> Any:
+    """A UTF-8-encodable string of at most `max_chars` characters, as an annotated type."""
+    return Annotated[str, Field(max_length=max_chars, description=description, **more),
+                     AfterValidator(_utf8)]
 
 
-class Tests(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    io_tests: list[IOTest] = Field(default_factory=list, description="stdin/stdout pairs.")
-    test_code: Utf8 | None = Field(default=None, description="Snippet defining check(candidate).")
-    entry_point: Utf8 | None = Field(default=None, description="Function passed to check() (a Python name).")
-
-    @model_validator(mode="after")
-    def _some_test(self) -> Tests:
-        if not self.io_tests and not self.test_code:
-            raise ValueError("tests: give io_tests or test_code")
-        if self.test_code and not self.entry_point:
-            raise ValueError("tests.entry_point is required with tests.test_code")
-        if self.entry_point is not None and not self.entry_point.isidentifier():
-            raise ValueError("tests.entry_point must be a Python identifier")
-        for i, t in enumerate(self.io_tests):
-            for name in ("stdin", "stdout"):
-                try:
-                    _utf8(getattr(t, name))
-                except ValueError as exc:
-                    raise ValueError(f"tests.io_tests.{i}.{name}: {exc}") from None
-        return self
+_TESTS_RULES = {
+    # JSON Schema for what _Tests._rules checks, so generators and clients see it too.
+    "anyOf": [{"required": ["io_tests"], "properties": {"io_tests": {"minItems": 1}}},
+              {"required": ["test_code"], "properties": {"test_code": {"type": "string"}}}],
+    "if": {"required": ["test_code"], "properties": {"test_code": {"type": "string"}}},
+    "then": {"required": ["entry_point"], "properties": {"entry_point": {"type": "string"}}},
+}
 
 
-class ScoreItem(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    task: TaskKind
-    response: Utf8 = Field(description="The model's full response text.")
-    answer: Utf8 | None = Field(default=None, description="Reference answer (math).")
-    tests: Tests | None = Field(default=None, description="Tests to pass (code).")
+class Scorable(Protocol):
+    """What the server reads from an item of either kind."""
 
-    @model_validator(mode="after")
-    def _reference_matches_task(self) -> ScoreItem:
-        if self.task is TaskKind.math and self.answer is None:
-            raise ValueError("answer is required for a math item")
-        if self.task is TaskKind.code and self.tests is None:
-            raise ValueError("tests is required for a code item")
-        return self
+    task: str
+    response: str
 
-    def reference(self) -> Reference:
-        if self.task is TaskKind.math:
-            assert self.answer is not None
+    def reference(self) -> Reference: ...
+
+
+def score_request_model(cfg: RewardConfig) -> type[BaseModel]:
+    """The POST /v1/score body, with `cfg`'s bounds (they differ between deployments)."""
+
+    class IOTest(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        stdin: _text(cfg.max_test_chars, "Fed to the program on standard input.") = ""  # type: ignore[valid-type]
+        stdout: _text(cfg.max_test_chars, "Expected output, compared whitespace-normalised.")  # type: ignore[valid-type]
+
+    class Tests(BaseModel):
+        """Give io_tests (at least one) or test_code, or both; test_code needs entry_point. The
+        program runs once per io_test, then once with test_code; it stops at the first failure."""
+
+        model_config = ConfigDict(extra="forbid", json_schema_extra=_TESTS_RULES)
+        io_tests: list[IOTest] = Field(
+            default_factory=list, max_length=cfg.max_io_tests,
+            description="stdin/stdout pairs, each one sandboxed run of the program.")
+        test_code: _text(cfg.max_test_chars, "Snippet defining check(candidate) (HumanEval form).",  # type: ignore[valid-type]
+                         min_length=1) | None = None
+        entry_point: _text(128, "Function passed to check(): an ASCII Python name; "  # type: ignore[valid-type]
+                                "required with test_code.", pattern=ENTRY_POINT) | None = None
+
+        @model_validator(mode="after")
+        def _rules(self) -> "Tests":
+            if not self.io_tests and self.test_code is None:
+                raise ValueError("give io_tests or test_code")
+            if self.test_code is not None and self.entry_point is None:
+                raise ValueError("entry_point: required with test_code")
+            return self
+
+    response_field = _text(cfg.max_response_chars, "The model's full response text.")
+
+    class MathItem(BaseModel):
+        """Scored by Math-Verify: the last \\boxed{} of the response against the answer."""
+
+        model_config = ConfigDict(extra="forbid")
+        task: Literal["math"]
+        response: response_field  # type: ignore[valid-type]
+        answer: _text(cfg.max_answer_chars, "Reference answer (LaTeX or plain).")  # type: ignore[valid-type]
+
+        def reference(self) -> Reference:
             return MathReference(answer=self.answer)
-        assert self.tests is not None
-        return CodeReference(**self.tests.model_dump())
 
+    class CodeItem(BaseModel):
+        """Scored in the sandbox: the last ```python block of the response against the tests."""
 
-class ScoreRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    items: list[ScoreItem] = Field(min_length=1, description="Responses to score.")
+        model_config = ConfigDict(extra="forbid")
+        task: Literal["code"]
+        response: response_field  # type: ignore[valid-type]
+        tests: Tests = Field(description="Tests to pass.")
+
+        def reference(self) -> Reference:
+            return CodeReference(**self.tests.model_dump())
+
+    class ScoreRequest(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        items: list[Annotated[MathItem | CodeItem, Field(discriminator="task")]] = Field(
+            min_length=1, max_length=cfg.max_batch,
+            description="Responses to score; `task` says which fields an item has (math: answer, "
+                        "code: tests). Results come back in the same order.")
+
+    return ScoreRequest
 
 
 class ScoreResult(BaseModel):
-    reward: float = Field(description="1 if correct, else 0.")
-    status: VerdictStatus
-    detail: str
+    reward: float = Field(ge=0, le=1, description="1 if correct, else 0.")
+    status: VerdictStatus = Field(description="Why: correct, wrong, no_answer (nothing to score), "
+                                              "timeout, runtime_error, compile_error, limit_exceeded.")
+    detail: str = Field(description="Short human-readable reason.")
 
 
 class ScoreResponse(BaseModel):
-    results: list[ScoreResult]
+    results: list[ScoreResult] = Field(description="One per item, in order.")
+
+
+class ErrorBody(BaseModel):
+    """Every refusal (400, 401, 403, 413, 422) has this shape."""
+
+    detail: str = Field(description="What is wrong, after the field it concerns: 'items.0.answer: "
+                                    "Field required'. Several problems are joined by '; '.")
+    field: str | None = Field(
+        default=None,
+        description="Dotted path of the (first) offending field, e.g. items.0.tests.io_tests.3.stdin; "
+                    "'authorization' for 401/403; 'body' when the body is not JSON; absent when the "
+                    "body is refused for its size (413).")
+
+
+class Health(BaseModel):
+    """/healthz and /readyz: 200 when up, 503 with the same body when not."""
+
+    model_config = ConfigDict(extra="allow")
+    ok: bool = Field(description="Alive: every math worker is running (and the service's loops). "
+                                 "Without a valid token /healthz answers this alone.")
+    ready: bool | None = Field(default=None, description="Can score now (/readyz); with stream workers, "
+                                                        "also Redis and every worker.")

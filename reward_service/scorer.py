@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 import time
@@ -25,6 +26,7 @@ from reward_service.math_pool import MathPool
 from reward_service.metrics import RewardMetrics
 from reward_service.sandbox import Sandbox
 
+log = logging.getLogger("ringrl.reward")
 
 @dataclass(frozen=True)
 class Item:
@@ -54,12 +56,22 @@ class Scorer:
 
     def _one(self, item: Item) -> Verdict:
         start = time.perf_counter()
-        verdict = self._verify(item)
+        try:
+            verdict = self._verify(item)
+        except Exception as exc:  # one item the verifier cannot handle must not fail its batch
+            log.exception("verifier error on a %s item", item.task.value)
+            verdict = Verdict(status=VerdictStatus.wrong, detail=f"verifier error: {type(exc).__name__}")
+        # A detail quotes the response, which on the stream path may hold a lone surrogate: it
+        # would fail the encoding of the whole scored batch (HTTP refuses such responses).
+        verdict.detail = verdict.detail.encode("utf-8", "replace").decode()
         self.metrics.latency.labels(item.task.value).observe(time.perf_counter() - start)
         self.metrics.verifications.labels(item.task.value, verdict.status.value).inc()
         return verdict
 
     def _verify(self, item: Item) -> Verdict:
+        if len(item.response) > self.cfg.max_response_chars:  # HTTP refuses these; streams get here
+            return Verdict(status=VerdictStatus.limit_exceeded,
+                           detail=f"response over reward.max_response_chars={self.cfg.max_response_chars}")
         ref = item.reference
         if item.task is TaskKind.math:
             if not isinstance(ref, MathReference):
@@ -75,15 +87,19 @@ class Scorer:
             return Verdict(status=VerdictStatus.no_answer, detail="no ```python block found")
         return check_program(self.sandbox, program, ref)
 
+    def submit(self, items: list[Item]) -> list[Future[Verdict]]:
+        """Start scoring; each future ends with a verdict, never an exception. Call sync_kills()
+        when they are done."""
+        return [(self._math_exec if it.task is TaskKind.math else self._code_exec).submit(self._one, it)
+                for it in items]
+
     def score(self, items: list[Item]) -> list[Verdict]:
-        futures: list[Future[Verdict]] = [
-            (self._math_exec if it.task is TaskKind.math else self._code_exec).submit(self._one, it)
-            for it in items]
-        verdicts = [f.result() for f in futures]
-        self._sync_kills()
+        verdicts = [f.result() for f in self.submit(items)]
+        self.sync_kills()
         return verdicts
 
-    def _sync_kills(self) -> None:
+    def sync_kills(self) -> None:
+        """Bring the kill counters up to date with the sandbox's and the math pool's."""
         with self._lock:
             sandbox, math = self.sandbox.kills, self.math.kills
             self.metrics.sandbox_kills.inc(sandbox - self._kills_seen[0])

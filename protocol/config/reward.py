@@ -58,6 +58,19 @@ class RewardConfig(Section):
     max_request_bytes: int = Field(
         default=8 << 20, gt=0, description="Larger /v1/score bodies are refused with 413.")
     max_batch: int = Field(default=1024, gt=0, description="Most items in one /v1/score request.")
+    max_response_chars: int = Field(
+        default=1_000_000, gt=0,
+        description="Longest response scored. Over it: 422 naming items.N.response on /v1/score; a "
+                    "stream item scores 0 as `limit_exceeded`.")
+    max_answer_chars: int = Field(
+        default=10_000, gt=0, description="Longest reference answer of a math item (422 over it).")
+    max_io_tests: int = Field(
+        default=64, gt=0,
+        description="Most stdin/stdout tests in one code item; each is a sandbox run of up to "
+                    "sandbox.wall_s (422 over it).")
+    max_test_chars: int = Field(
+        default=1_000_000, gt=0,
+        description="Longest stdin, expected stdout or test_code of a code item (422 over it).")
     workers: int = Field(
         default=1, ge=0, description="Stream reward-worker processes started by `ringrl serve reward`.")
     read_batch: int = Field(default=16, gt=0, description="Groups a stream worker reads at a time.")

@@ -4,6 +4,9 @@ time linear in the response (a response built to make those scans quadratic is s
 from __future__ import annotations
 
 import re
+import sys
+from collections.abc import Callable
+from types import FrameType
 
 import pytest
 from hypothesis import given, settings
@@ -75,3 +78,42 @@ def test_known_cases() -> None:
 def test_hostile_responses_are_linear(text: str) -> None:
     last_boxed(text)
     program(text, whole_text=True)
+
+
+def _steps(fn: Callable[[str], object], text: str) -> int:
+    """Python lines `fn` executes on `text`: a count of work that no machine load can change."""
+    count = 0
+
+    def tracer(frame: FrameType, event: str, _: object) -> Callable[..., object] | None:
+        nonlocal count
+        if event == "line":
+            count += 1
+        return tracer
+
+    sys.settrace(tracer)
+    try:
+        fn(text)
+    finally:
+        sys.settrace(None)
+    return count
+
+
+HOSTILE = {  # a unit of text repeated: responses that made the replaced scans quadratic
+    "boxed-open": "\\boxed{",
+    "boxed-nested": "\\boxed{{",
+    "fence-open": "```python\n",
+    "fence-bad-header": "``` ",
+}
+
+
+@pytest.mark.parametrize("unit", HOSTILE.values(), ids=HOSTILE.keys())
+@pytest.mark.parametrize("extract", [last_boxed, lambda t: program(t, whole_text=True)], ids=["boxed", "program"])
+def test_work_grows_linearly_with_the_response(extract: Callable[[str], object], unit: str) -> None:
+    small, large = _steps(extract, unit * 2_000), _steps(extract, unit * 8_000)
+    assert large <= 4 * small + 50, (small, large)  # 4x the text: at most 4x the steps (+ set-up)
+
+
+def test_the_step_count_sees_a_quadratic_scan() -> None:
+    """The measure above would have caught the scan it replaced: 4x the text, ~16x the steps."""
+    small, large = _steps(reference_boxed, "\\boxed{" * 100), _steps(reference_boxed, "\\boxed{" * 400)
+    assert large > 12 * small, (small, large)
