@@ -25,6 +25,16 @@ class SandboxConfig(Section):
     nproc: int = Field(default=8, gt=0, description="Processes/threads per sandbox (RLIMIT_NPROC).")
     file_size_mb: int = Field(default=8, gt=0, description="Largest file a program may write (RLIMIT_FSIZE).")
     tmpfs_mb: int = Field(default=16, gt=0, description="Size of the private /tmp (warm and bwrap backends).")
+    run_memory_mb: int = Field(
+        default=1024, gt=0,
+        description="Memory of one run in all — its processes, /tmp files, pipe buffers, kernel "
+                    "objects — bounded by a memory cgroup per slot (the warm server's own ~20 MB "
+                    "included); a run past it is killed and scored limit_exceeded. See `cgroup`.")
+    cgroup: Literal["auto", "require", "off"] = Field(
+        default="auto",
+        description="A memory cgroup per slot: auto uses one where this process can make it "
+                    "(root with cgroup v1, or delegated cgroup v2) and else falls back to "
+                    "per-process limits (docs/reward.md); require refuses to start without; off never.")
     output_bytes: int = Field(
         default=1 << 20, gt=0,
         description="Output captured per stream; a program printing more is cut and killed.")

@@ -9,6 +9,7 @@ import threading
 from protocol.config.reward import SandboxConfig
 from reward_service.sandbox import bwrap, rlimit, syscalls, warm
 from reward_service.sandbox.capture import Completed, run_capped
+from reward_service.sandbox.cgroup import SlotCgroup
 from reward_service.sandbox.harness import header
 from reward_service.sandbox.uids import UidLease
 
@@ -41,10 +42,19 @@ class Sandbox:
         self._lock = threading.Lock()
         self._free: queue.Queue[int] = queue.Queue()
         self._warm: dict[int, warm.Slot] = {}
+        self.cgroups: dict[int, SlotCgroup] = {}
         for uid in self.lease.uids:
+            cg = None if cfg.cgroup == "off" else SlotCgroup.create(
+                f"ringrl-slot-{uid}", cfg.run_memory_mb << 20)
+            if cg is not None:
+                self.cgroups[uid] = cg
+            elif cfg.cgroup == "require":
+                self.close()
+                raise SandboxUnavailable("sandbox cgroup: this process cannot create a memory "
+                                         "cgroup (cgroup: require)")
             if cfg.backend == "warm":
                 try:
-                    self._warm[uid] = warm.start(cfg, uid)
+                    self._warm[uid] = warm.start(cfg, uid, cg)
                 except (warm.StartError, OSError) as e:
                     self.close()
                     raise SandboxUnavailable(f"sandbox backend 'warm': {e}".strip()) from e
@@ -64,10 +74,16 @@ class Sandbox:
             payload = head + src + test + stdin
             uid = self._free.get()
             try:
+                cg = self.cgroups.get(uid)
+                ooms = cg.oom_kills() if cg else 0
                 if cfg.backend == "warm":
                     done, killed = self._run_warm(uid, payload, verdict)
                 else:
                     done, killed = self._run_cold(uid, payload, verdict)
+                    if cg:
+                        cg.kill_all()  # nothing of the run outlives its verdict
+                if cg and cg.oom_kills() > ooms:
+                    done.limit, killed = "memory (run_memory_mb)", True
             finally:
                 self._free.put(uid)
         finally:
@@ -84,11 +100,13 @@ class Sandbox:
             seccomp_fd = syscalls.bpf_fd()
             try:
                 argv, popen = bwrap.command(cfg, uid, seccomp_fd, verdict[1])
-                done = run_capped(argv, payload, cfg.wall_s, cfg.output_bytes, verdict, **popen)
+                cg = self.cgroups.get(uid)
+                done = run_capped((cg.launcher() if cg else []) + argv, payload, cfg.wall_s,
+                                  cfg.output_bytes, verdict, **popen)
             finally:
                 os.close(seccomp_fd)
         else:
-            argv, popen, after = rlimit.command(cfg, uid, verdict[1])
+            argv, popen, after = rlimit.command(cfg, uid, verdict[1], self.cgroups.get(uid))
             done = run_capped(argv, payload, cfg.wall_s, cfg.output_bytes, verdict,
                               after_exit=after, **popen)
         return done, done.timed_out or done.overflow
@@ -110,7 +128,10 @@ class Sandbox:
         old = self._warm.pop(uid, None)
         if old is not None:
             warm.stop(old)
-        slot = warm.start(self.cfg, uid)
+        cg = self.cgroups.get(uid)
+        if cg:
+            cg.kill_all()
+        slot = warm.start(self.cfg, uid, cg)
         self._warm[uid] = slot
         return slot
 
@@ -123,4 +144,6 @@ class Sandbox:
         while self._warm:
             _, slot = self._warm.popitem()
             warm.stop(slot)
+        while self.cgroups:
+            self.cgroups.popitem()[1].remove()
         self.lease.release()

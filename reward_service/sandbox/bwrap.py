@@ -43,14 +43,18 @@ def _root_binds(python: str) -> list[str]:
 
 def args(cfg: SandboxConfig, seccomp_fd: int, cmd: Sequence[str],
          extra: Sequence[str] = ()) -> list[str]:
-    """bwrap argv: every namespace, read-only /usr, private /tmp tmpfs, no capabilities, the
-    seccomp deny-list (read from `seccomp_fd`), then `extra` options/operations, then `cmd`."""
+    """bwrap argv: every namespace, read-only /, /usr and /dev, private /tmp tmpfs, no
+    capabilities, the seccomp deny-list (read from `seccomp_fd`), then `extra`
+    options/operations, then `cmd`."""
     return ["bwrap", "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
             "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID), "--hostname", "sandbox",
             *_root_binds(cfg.python), "--dev", "/dev",
             "--size", str(cfg.tmpfs_mb << 20), "--tmpfs", "/tmp", "--chdir", "/tmp",
             "--clearenv", "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "HOME", "/tmp",
-            "--setenv", "LANG", "C.UTF-8", "--seccomp", str(seccomp_fd), *extra, *cmd]
+            "--setenv", "LANG", "C.UTF-8", "--seccomp", str(seccomp_fd),
+            # bwrap's / and /dev are tmpfs without a size: writable, they would hold memory
+            # beyond the private /tmp's bound (and /dev/shm is one of them).
+            "--remount-ro", "/", "--remount-ro", "/dev", *extra, *cmd]
 
 
 def as_uid(uid: int, argv: list[str],

@@ -16,6 +16,7 @@ from typing import Any
 
 from protocol.config.reward import SandboxConfig
 from reward_service.sandbox import syscalls
+from reward_service.sandbox.cgroup import SlotCgroup
 from reward_service.sandbox.harness import HARNESS
 
 
@@ -23,7 +24,7 @@ def available() -> str | None:
     return None if os.geteuid() == 0 else "the rlimit backend must start as root to setuid"
 
 
-def _confine(cfg: SandboxConfig, uid: int) -> Callable[[], None]:
+def _confine(cfg: SandboxConfig, uid: int, cgroup: SlotCgroup | None) -> Callable[[], None]:
     limits = ((resource.RLIMIT_CPU, cfg.cpu_s, cfg.cpu_s + 1),
               (resource.RLIMIT_AS, cfg.memory_mb << 20, cfg.memory_mb << 20),
               (resource.RLIMIT_FSIZE, cfg.file_size_mb << 20, cfg.file_size_mb << 20),
@@ -33,6 +34,8 @@ def _confine(cfg: SandboxConfig, uid: int) -> Callable[[], None]:
     filt = syscalls.deny_filter()
 
     def preexec() -> None:  # runs in the child between fork and exec, after setsid
+        if cgroup is not None:
+            cgroup.join()  # while still root
         for res, soft, hard in limits:
             resource.setrlimit(res, (soft, hard))
         os.setgroups([])
@@ -55,8 +58,8 @@ def kill_uid(uid: int) -> None:
     os.waitpid(pid, 0)
 
 
-def command(cfg: SandboxConfig, uid: int,
-            verdict_fd: int) -> tuple[list[str], dict[str, Any], Callable[[], None]]:
+def command(cfg: SandboxConfig, uid: int, verdict_fd: int,
+            cgroup: SlotCgroup | None) -> tuple[list[str], dict[str, Any], Callable[[], None]]:
     """argv, Popen kwargs and the cleanup to run after the program (removes its workdir)."""
     workdir = tempfile.mkdtemp(prefix="ringrl-sbx-")
     os.chown(workdir, uid, uid)
@@ -66,6 +69,6 @@ def command(cfg: SandboxConfig, uid: int,
         shutil.rmtree(workdir, ignore_errors=True)
 
     env = {"PATH": "/usr/bin:/bin", "HOME": workdir, "LANG": "C.UTF-8", "TMPDIR": workdir}
-    popen = {"preexec_fn": _confine(cfg, uid), "env": env, "cwd": workdir,
+    popen = {"preexec_fn": _confine(cfg, uid, cgroup), "env": env, "cwd": workdir,
              "pass_fds": (verdict_fd,)}
     return [cfg.python, "-I", "-S", "-c", HARNESS], popen, cleanup

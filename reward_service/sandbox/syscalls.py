@@ -12,15 +12,20 @@ import os
 
 import pyseccomp as seccomp
 
-# Network, debugging other processes, namespace/mount games and rarely-needed kernel attack
+# Network; reaching into another process (tracing, its memory, its descriptors — pidfd_getfd is
+# how a program would take the warm fork server's control socket —, comparing or advising its
+# resources); namespace/mount games (the new mount API too) and rarely-needed kernel attack
 # surface. setsid/setpgid keep every child in the run's process group (the rlimit backend kills
 # that group); SysV and POSIX message-queue IPC objects outlive their creator, so in a warm
-# sandbox they would carry state from one program to the next.
-DENY = ("socket", "socketpair", "ptrace", "process_vm_readv", "process_vm_writev", "kexec_load",
-        "mount", "umount2", "pivot_root", "chroot", "unshare", "setns", "bpf", "perf_event_open",
+# sandbox they would carry state from one program to the next; anonymous files (memfd) hold
+# memory outside the address-space limit.
+DENY = ("socket", "socketpair", "ptrace", "process_vm_readv", "process_vm_writev", "pidfd_open",
+        "pidfd_getfd", "kcmp", "process_madvise", "kexec_load",
+        "mount", "umount2", "pivot_root", "chroot", "unshare", "setns", "open_tree", "move_mount",
+        "fsopen", "fsmount", "fspick", "mount_setattr", "bpf", "perf_event_open",
         "keyctl", "add_key", "request_key", "userfaultfd", "io_uring_setup", "setsid", "setpgid",
         "personality", "open_by_handle_at", "name_to_handle_at",
-        "shmget", "semget", "msgget", "mq_open")
+        "shmget", "semget", "msgget", "mq_open", "memfd_create", "memfd_secret")
 _CLONE_NEWUSER = 0x10000000
 
 _filter: seccomp.SyscallFilter | None = None

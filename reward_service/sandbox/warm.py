@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from protocol.config.reward import SandboxConfig
 from reward_service.sandbox import bwrap, syscalls
 from reward_service.sandbox.capture import Completed, pump, verdict_reader
+from reward_service.sandbox.cgroup import SlotCgroup
 from reward_service.sandbox.server import NONCE_SIZE, REPLY_FORMAT, REPLY_SIZE, SERVER
 
 START_TIMEOUT_S = 30.0
@@ -67,18 +68,18 @@ def _read_until(fd: int, deadline: float, done: bytes | None = None) -> bytes:
     return got
 
 
-def start(cfg: SandboxConfig, uid: int) -> Slot:
+def start(cfg: SandboxConfig, uid: int, cgroup: SlotCgroup | None) -> Slot:
     host, inside = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     info_r, info_w = os.pipe()
     err_r, err_w = os.pipe()
     seccomp_fd = syscalls.bpf_fd()
-    # --as-pid-1: the server itself is init (signal-proof from inside, reaps every orphan);
-    # / and /dev read-only, so the private /tmp is the one place a program can leave files.
-    extra = ["--as-pid-1", "--info-fd", str(info_w),
-             "--remount-ro", "/", "--remount-ro", "/dev"]
+    # --as-pid-1: the server itself is init (signal-proof from inside, reaps every orphan).
+    extra = ["--as-pid-1", "--info-fd", str(info_w)]
     argv, popen = bwrap.as_uid(uid, bwrap.args(
         cfg, seccomp_fd, [cfg.python, "-I", "-S", "-c", SERVER, str(inside.fileno())], extra),
         [inside.fileno(), info_w, seccomp_fd])
+    if cgroup is not None:
+        argv = cgroup.launcher() + argv
     try:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                 stderr=err_w, start_new_session=True, **popen)
