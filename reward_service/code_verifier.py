@@ -48,6 +48,10 @@ def failure(done: Completed, cfg_wall_s: float, output_bytes: int) -> Verdict | 
             return Verdict(status=S.limit_exceeded, detail="file size limit")
         if "BlockingIOError" in err and "Resource temporarily unavailable" in err:
             return Verdict(status=S.limit_exceeded, detail="process limit")
+        if "No space left on device" in err:
+            return Verdict(status=S.limit_exceeded, detail="/tmp size or file count")
+        if "Too many open files" in err:
+            return Verdict(status=S.limit_exceeded, detail="open files limit")
         return Verdict(status=S.runtime_error, detail=last or f"exit code {rc}")
     return None
 

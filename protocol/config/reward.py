@@ -25,6 +25,10 @@ class SandboxConfig(Section):
     nproc: int = Field(default=8, gt=0, description="Processes/threads per sandbox (RLIMIT_NPROC).")
     file_size_mb: int = Field(default=8, gt=0, description="Largest file a program may write (RLIMIT_FSIZE).")
     tmpfs_mb: int = Field(default=16, gt=0, description="Size of the private /tmp (warm and bwrap backends).")
+    tmp_inodes: int = Field(
+        default=4096, gt=0,
+        description="Files and directories the private /tmp can hold (tmpfs nr_inodes; where the "
+                    "scoring process can mount, else unbounded in count — see docs/reward.md).")
     run_memory_mb: int = Field(
         default=1024, gt=0,
         description="Memory of one run in all — its processes, /tmp files, pipe buffers, kernel "

@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 import queue
 import threading
+from pathlib import Path
 
 from protocol.config.reward import SandboxConfig
 from reward_service.sandbox import bwrap, rlimit, syscalls, warm
 from reward_service.sandbox.capture import Completed, run_capped
 from reward_service.sandbox.cgroup import SlotCgroup
 from reward_service.sandbox.harness import header
+from reward_service.sandbox.tmpfs import SlotTmp
 from reward_service.sandbox.uids import UidLease
 
 _BACKENDS = {"warm": warm, "bwrap": bwrap, "rlimit": rlimit}
@@ -43,7 +45,13 @@ class Sandbox:
         self._free: queue.Queue[int] = queue.Queue()
         self._warm: dict[int, warm.Slot] = {}
         self.cgroups: dict[int, SlotCgroup] = {}
+        self.tmps: dict[int, SlotTmp] = {}
+        tmp_base = Path(cfg.uid_lease_dir).parent / "sandbox-tmp"
         for uid in self.lease.uids:
+            tmp = None if cfg.backend == "rlimit" else SlotTmp.create(
+                tmp_base, uid, cfg.tmpfs_mb << 20, cfg.tmp_inodes)
+            if tmp is not None:
+                self.tmps[uid] = tmp
             cg = None if cfg.cgroup == "off" else SlotCgroup.create(
                 f"ringrl-slot-{uid}", cfg.run_memory_mb << 20)
             if cg is not None:
@@ -54,7 +62,7 @@ class Sandbox:
                                          "cgroup (cgroup: require)")
             if cfg.backend == "warm":
                 try:
-                    self._warm[uid] = warm.start(cfg, uid, cg)
+                    self._warm[uid] = warm.start(cfg, uid, cg, tmp)
                 except (warm.StartError, OSError) as e:
                     self.close()
                     raise SandboxUnavailable(f"sandbox backend 'warm': {e}".strip()) from e
@@ -82,6 +90,8 @@ class Sandbox:
                     done, killed = self._run_cold(uid, payload, verdict)
                     if cg:
                         cg.kill_all()  # nothing of the run outlives its verdict
+                    if uid in self.tmps:
+                        self.tmps[uid].reset()
                 if cg and cg.oom_kills() > ooms:
                     done.limit, killed = "memory (run_memory_mb)", True
             finally:
@@ -99,7 +109,7 @@ class Sandbox:
         if cfg.backend == "bwrap":
             seccomp_fd = syscalls.bpf_fd()
             try:
-                argv, popen = bwrap.command(cfg, uid, seccomp_fd, verdict[1])
+                argv, popen = bwrap.command(cfg, uid, seccomp_fd, verdict[1], self.tmps.get(uid))
                 cg = self.cgroups.get(uid)
                 done = run_capped((cg.launcher() if cg else []) + argv, payload, cfg.wall_s,
                                   cfg.output_bytes, verdict, **popen)
@@ -128,10 +138,12 @@ class Sandbox:
         old = self._warm.pop(uid, None)
         if old is not None:
             warm.stop(old)
-        cg = self.cgroups.get(uid)
+        cg, tmp = self.cgroups.get(uid), self.tmps.get(uid)
         if cg:
             cg.kill_all()
-        slot = warm.start(self.cfg, uid, cg)
+        if tmp:
+            tmp.reset()  # what the dead sandbox left in /tmp goes with the old tmpfs
+        slot = warm.start(self.cfg, uid, cg, tmp)
         self._warm[uid] = slot
         return slot
 
@@ -146,4 +158,6 @@ class Sandbox:
             warm.stop(slot)
         while self.cgroups:
             self.cgroups.popitem()[1].remove()
+        while self.tmps:
+            self.tmps.popitem()[1].remove()
         self.lease.release()

@@ -16,6 +16,7 @@ from typing import Any
 
 from protocol.config.reward import SandboxConfig
 from reward_service.sandbox.harness import HARNESS
+from reward_service.sandbox.tmpfs import SlotTmp
 
 SANDBOX_UID = 65534
 
@@ -41,15 +42,17 @@ def _root_binds(python: str) -> list[str]:
     return args
 
 
-def args(cfg: SandboxConfig, seccomp_fd: int, cmd: Sequence[str],
+def args(cfg: SandboxConfig, seccomp_fd: int, cmd: Sequence[str], tmp: SlotTmp | None,
          extra: Sequence[str] = ()) -> list[str]:
     """bwrap argv: every namespace, read-only /, /usr and /dev, private /tmp tmpfs, no
     capabilities, the seccomp deny-list (read from `seccomp_fd`), then `extra`
-    options/operations, then `cmd`."""
+    options/operations, then `cmd`. /tmp is the slot's own tmpfs (`tmp`) if it has one."""
+    tmp_args = (["--bind", str(tmp.path), "/tmp"] if tmp is not None
+                else ["--size", str(cfg.tmpfs_mb << 20), "--tmpfs", "/tmp"])
     return ["bwrap", "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
             "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID), "--hostname", "sandbox",
             *_root_binds(cfg.python), "--dev", "/dev",
-            "--size", str(cfg.tmpfs_mb << 20), "--tmpfs", "/tmp", "--chdir", "/tmp",
+            *tmp_args, "--chdir", "/tmp",
             "--clearenv", "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "HOME", "/tmp",
             "--setenv", "LANG", "C.UTF-8", "--seccomp", str(seccomp_fd),
             # bwrap's / and /dev are tmpfs without a size: writable, they would hold memory
@@ -70,7 +73,7 @@ def as_uid(uid: int, argv: list[str],
     return argv, {**kwargs, "user": uid, "group": uid, "extra_groups": []}
 
 
-def command(cfg: SandboxConfig, uid: int, seccomp_fd: int,
-            verdict_fd: int) -> tuple[list[str], dict[str, Any]]:
-    return as_uid(uid, args(cfg, seccomp_fd, [cfg.python, "-I", "-S", "-c", HARNESS]),
+def command(cfg: SandboxConfig, uid: int, seccomp_fd: int, verdict_fd: int,
+            tmp: SlotTmp | None) -> tuple[list[str], dict[str, Any]]:
+    return as_uid(uid, args(cfg, seccomp_fd, [cfg.python, "-I", "-S", "-c", HARNESS], tmp),
                   [seccomp_fd, verdict_fd])

@@ -29,6 +29,7 @@ from reward_service.sandbox import bwrap, syscalls
 from reward_service.sandbox.capture import Completed, pump, verdict_reader
 from reward_service.sandbox.cgroup import SlotCgroup
 from reward_service.sandbox.server import NONCE_SIZE, REPLY_FORMAT, REPLY_SIZE, SERVER
+from reward_service.sandbox.tmpfs import SlotTmp
 
 START_TIMEOUT_S = 30.0
 VERDICT_FD = 3
@@ -68,7 +69,7 @@ def _read_until(fd: int, deadline: float, done: bytes | None = None) -> bytes:
     return got
 
 
-def start(cfg: SandboxConfig, uid: int, cgroup: SlotCgroup | None) -> Slot:
+def start(cfg: SandboxConfig, uid: int, cgroup: SlotCgroup | None, tmp: SlotTmp | None) -> Slot:
     host, inside = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     info_r, info_w = os.pipe()
     err_r, err_w = os.pipe()
@@ -76,7 +77,7 @@ def start(cfg: SandboxConfig, uid: int, cgroup: SlotCgroup | None) -> Slot:
     # --as-pid-1: the server itself is init (signal-proof from inside, reaps every orphan).
     extra = ["--as-pid-1", "--info-fd", str(info_w)]
     argv, popen = bwrap.as_uid(uid, bwrap.args(
-        cfg, seccomp_fd, [cfg.python, "-I", "-S", "-c", SERVER, str(inside.fileno())], extra),
+        cfg, seccomp_fd, [cfg.python, "-I", "-S", "-c", SERVER, str(inside.fileno())], tmp, extra),
         [inside.fileno(), info_w, seccomp_fd])
     if cgroup is not None:
         argv = cgroup.launcher() + argv
