@@ -13,7 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException
 
-from protocol.auth import BearerAuth, Tokens
+from protocol.auth import OPEN_PATH, BearerAuth, Tokens
 from protocol.body_limit import BodyLimit
 from protocol.config.reward import RewardConfig
 from protocol.metrics import PROBES, mount_observability
@@ -117,25 +117,31 @@ def create_app(config: RewardConfig, scorer: Scorer | None = None, tokens: Token
         return status
 
     mount_observability(app, scorer.registry, health)
-    _declare_probes(app)
+    _describe(app, tokens)
     return app
 
 
-def _declare_probes(app: FastAPI) -> None:
-    """State the probes' bodies and their 503 in the OpenAPI document (protocol's probes declare
-    neither); /readyz, like /v1/score, may be refused by the bearer-token middleware."""
+def _describe(app: FastAPI, tokens: Tokens) -> None:
+    """State in the OpenAPI document what the middleware and protocol's probes do: the probes'
+    bodies and their 503, the bearer token every operation but /healthz needs (when one is set),
+    and its 401/403 on those operations."""
     generate = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = generate()
+            if tokens.enabled:
+                schema["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+                for path, operations in schema["paths"].items():
+                    for operation in operations.values():
+                        operation["security"] = [] if path == OPEN_PATH else [{"bearer": []}]
             body = {"application/json": {"schema": Health.model_json_schema()}}
             for path in PROBES:
                 responses = schema["paths"][path]["get"]["responses"]
                 responses["200"] = {"description": "Up.", "content": body}
                 responses["503"] = {"description": "Down (healthz: restart it; readyz: "
                                                    "take it out of rotation).", "content": body}
-                if path != "/healthz":
+                if path != OPEN_PATH:
                     error = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
                     for code in (401, 403):
                         responses[str(code)] = {"description": REFUSALS[code], "content": error}

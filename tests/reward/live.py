@@ -10,17 +10,18 @@ from contextlib import contextmanager
 import httpx
 import uvicorn
 
+from protocol.auth import Tokens
 from reward_service.server import create_app
 from tests.conftest import free_port
 from tests.reward.conftest import reward_config
 
 
 @contextmanager
-def running_server(**reward: object) -> Iterator[str]:
+def running_server(tokens: Tokens = Tokens(), **reward: object) -> Iterator[str]:
     """The base URL of a reward server with the test config, `reward` fields overridden."""
     cfg = reward_config().model_copy(update=reward)
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(cfg), host="127.0.0.1", port=port,
+    server = uvicorn.Server(uvicorn.Config(create_app(cfg, tokens=tokens), host="127.0.0.1", port=port,
                                            log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
+from protocol.auth import Tokens
 from protocol.config.reward import SandboxConfig
 from protocol.schema import MathReference, TaskKind, VerdictStatus
 from reward_service.scorer import Item, Scorer
@@ -168,3 +169,19 @@ def test_stream_items_out_of_bounds_score_alone(default_scorer: Scorer) -> None:
     assert [v.status for v in verdicts] == [VerdictStatus.limit_exceeded, VerdictStatus.wrong,
                                            VerdictStatus.correct]
     verdicts[1].detail.encode("utf-8")
+
+
+def test_with_a_token_the_document_declares_it_and_refusals_keep_the_shape() -> None:
+    tokens = Tokens(api="edge-token")
+    with running_server(tokens) as base:
+        spec = httpx.get(f"{base}/openapi.json", headers=tokens.headers()).json()
+        refused = httpx.post(f"{base}/v1/score", json={"items": [GOOD]})
+        wrong = httpx.post(f"{base}/v1/score", json={"items": [GOOD]}, headers={"Authorization": "Bearer no"})
+        scored = httpx.post(f"{base}/v1/score", json={"items": [GOOD]}, headers=tokens.headers())
+    assert spec["components"]["securitySchemes"] == {"bearer": {"type": "http", "scheme": "bearer"}}
+    assert spec["paths"]["/v1/score"]["post"]["security"] == [{"bearer": []}]
+    assert spec["paths"]["/readyz"]["get"]["security"] == [{"bearer": []}]
+    assert spec["paths"]["/healthz"]["get"]["security"] == []
+    for r in (refused, wrong):
+        assert_refused(r, "authorization", status=401)
+    assert scored.json()["results"][0]["status"] == "correct"

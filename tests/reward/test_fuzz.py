@@ -1,6 +1,6 @@
 """The reward API fuzzed from its own OpenAPI document over real HTTP: schemathesis with every check
 (no 5xx; every status and body one the document declares; schema-valid requests accepted, invalid
-ones refused with a 4xx), then honest items must still score 1.
+ones refused with a 4xx; the declared bearer token enforced), then honest items must still score 1.
 
 It runs schemathesis's own runner (`st run`, all phases but stateful, which has no links to follow
 here): its pytest loader for a fixture-made schema does not work with this pytest.
@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from protocol.auth import Tokens
 from tests.reward.live import running_server
 
 # Small bounds, so generated items reach them (and past them, negated) often.
@@ -26,9 +27,12 @@ EXAMPLES = 1000  # per operation: about a minute on 2 shared cores
 SEED = 15
 
 
+TOKENS = Tokens(api="fuzz-token")  # as deployed: the document declares the bearer scheme
+
+
 @pytest.fixture(scope="module")
 def fuzzed_url() -> Iterator[str]:
-    with running_server(**CONFIG) as url:
+    with running_server(TOKENS, **CONFIG) as url:
         yield url
 
 
@@ -39,7 +43,7 @@ def test_every_answer_is_one_the_spec_declares(fuzzed_url: str, tmp_path: Path) 
     run = subprocess.run(
         [str(st), "run", f"{fuzzed_url}/openapi.json", "--checks", "all", "--max-examples", str(EXAMPLES),
          "--phases", "examples,coverage,fuzzing", "--workers", "1", "--seed", str(SEED),
-         "--request-timeout", "60"],
+         "--request-timeout", "60", "--header", f"Authorization: Bearer {TOKENS.api}"],
         cwd=tmp_path, capture_output=True, text=True, timeout=840)
     report = run.stdout[-12000:] + run.stderr[-2000:]
     assert run.returncode == 0, report
@@ -52,7 +56,8 @@ def test_still_serving_after_the_fuzzing(fuzzed_url: str) -> None:
     items = [{"task": "math", "response": "so \\boxed{\\frac{1}{2}}", "answer": "0.5"},
              {"task": "code", "response": "```python\nprint(int(input()) * 2)\n```",
               "tests": {"io_tests": [{"stdin": "21\n", "stdout": "42"}]}}]
-    r = httpx.post(f"{fuzzed_url}/v1/score", json={"items": items}, timeout=60)
+    r = httpx.post(f"{fuzzed_url}/v1/score", json={"items": items}, headers=TOKENS.headers(), timeout=60)
     assert r.status_code == 200, r.text
     assert [x["reward"] for x in r.json()["results"]] == [1.0, 1.0]
-    assert httpx.get(f"{fuzzed_url}/healthz").json()["ok"] is True
+    assert httpx.get(f"{fuzzed_url}/healthz", headers=TOKENS.headers()).json()["ok"] is True
+    assert httpx.post(f"{fuzzed_url}/v1/score", json={"items": items}).status_code == 401
