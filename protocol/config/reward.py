@@ -79,12 +79,13 @@ class RewardConfig(Section):
     max_answer_chars: int = Field(
         default=10_000, gt=0, description="Longest reference answer of a math item (422 over it).")
     max_io_tests: int = Field(
-        default=64, gt=0,
+        default=256, gt=0,
         description="Most stdin/stdout tests in one code item; each is a sandbox run of up to "
-                    "sandbox.wall_s (422 over it).")
+                    "sandbox.wall_s (422 over it; raise it for datasets with more tests a problem).")
     max_test_chars: int = Field(
         default=1_000_000, gt=0,
-        description="Longest stdin, expected stdout or test_code of a code item (422 over it).")
+        description="Longest stdin, expected stdout or test_code of a code item (422 over it; a "
+                    "request is also bounded by max_request_bytes).")
     workers: int = Field(
         default=1, ge=0, description="Stream reward-worker processes started by `ringrl serve reward`.")
     read_batch: int = Field(default=16, gt=0, description="Groups a stream worker reads at a time.")
