@@ -6,7 +6,7 @@ from __future__ import annotations
 import ray
 
 from protocol.config import RunConfig
-from protocol.queue import connect
+from protocol.queue import queue_client
 from protocol.transport import WeightReceiver, WeightVersion
 from protocol.transport.broadcast import BroadcastReceiver
 from protocol.transport.http_pull import HttpReceiver
@@ -22,7 +22,7 @@ class RolloutActor:
         if not cfg.redis.url:
             raise ValueError("redis.url: the rollout actor streams into Redis; start one first")
         self._engine = Engine(model or cfg.rollout.model, cfg.rollout, version=version)
-        self._rollouts = Rollouts(self._engine, connect(cfg.redis.url), cfg.run.name, cfg.rollout,
+        self._rollouts = Rollouts(self._engine, queue_client(cfg.redis), cfg.run.name, cfg.rollout,
                                   cfg.redis.max_backlog)
         self._receiver: WeightReceiver = (BroadcastReceiver() if cfg.learner.weight_transport == "broadcast"
                                           else HttpReceiver())

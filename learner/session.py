@@ -41,7 +41,7 @@ from learner.publish import Publisher, WeightServer
 from learner.trainer import Learner
 from protocol.auth import load_tokens, warn_if_open
 from protocol.config import RunConfig
-from protocol.queue import Entry, StreamConsumer, connect, redis_probe
+from protocol.queue import Entry, StreamConsumer, queue_client, redis_probe
 from protocol.streams import LEARNER_GROUP, Plan, RunKeys
 from protocol.transport import WeightVersion
 from protocol.transport.broadcast import BroadcastSender, create_group
@@ -80,7 +80,7 @@ class LearnerSession:
         self.root = checkpoint_root(cfg)
         self.learner = start_learner(cfg, start_version)
         self._trim_audit()
-        self.client = connect(cfg.redis.url)
+        self.client = queue_client(cfg.redis)
         self._redis_up = redis_probe(self.client)
         # No XAUTOCLAIM: the learner is the group's one consumer, and what it holds unacked until its
         # next checkpoint is idle by design; reclaiming it would re-read it as duplicates every

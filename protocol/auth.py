@@ -52,7 +52,10 @@ class Tokens:
         return f"Tokens(api={'set' if self.api else None}, admin={'set' if self.admin else None})"
 
 
-def _read(env_name: str, file: str, setting: str, env: Mapping[str, str]) -> str | None:
+def read_secret(env_name: str, file: str, setting: str, env: Mapping[str, str] | None = None) -> str | None:
+    """A secret from the variable `env_name` or else the file `file` (None if neither is set); a
+    file that cannot be read or holds no single token is a TokenError naming `setting`."""
+    env = os.environ if env is None else env
     if env.get(env_name):
         return env[env_name].strip() or None
     if not file:
@@ -70,8 +73,8 @@ def _read(env_name: str, file: str, setting: str, env: Mapping[str, str]) -> str
 
 def load_tokens(config: AuthConfig, env: Mapping[str, str] | None = None) -> Tokens:
     env = os.environ if env is None else env
-    return Tokens(api=_read(API_TOKEN_ENV, config.token_file, "auth.token_file", env),
-                  admin=_read(ADMIN_TOKEN_ENV, config.admin_token_file, "auth.admin_token_file", env),
+    return Tokens(api=read_secret(API_TOKEN_ENV, config.token_file, "auth.token_file", env),
+                  admin=read_secret(ADMIN_TOKEN_ENV, config.admin_token_file, "auth.admin_token_file", env),
                   metrics_open=config.metrics_open)
 
 

@@ -22,7 +22,10 @@ from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.exceptions import BusyLoadingError, ConnectionError, TimeoutError
 from redis.retry import Retry
 
+from protocol.auth import read_secret
 from protocol.codec import DecodeError, decode_group, encode_group
+from protocol.config import ConfigError
+from protocol.config.redis import RedisConfig
 from protocol.schema import Group
 from protocol.streams import dead_letter
 
@@ -49,11 +52,14 @@ class QueueFull(TimeoutError):
     """The backlog stayed above its bound for the whole wait."""
 
 
+PASSWORD_ENV = "RINGRL_REDIS_PASSWORD"
+
 RETRY_CAP_S = 5.0
 """Longest wait between two attempts to reach Redis."""
 
 
-def connect(url: str, retry_forever: bool = True) -> redis.Redis:
+def connect(url: str, retry_forever: bool = True, username: str | None = None,
+            password: str | None = None) -> redis.Redis:
     """A client for the queue: binary-safe (payloads are bytes), with a health check.
 
     Every command is retried on a lost connection with exponential backoff capped at RETRY_CAP_S,
@@ -63,9 +69,38 @@ def connect(url: str, retry_forever: bool = True) -> redis.Redis:
     a loss. `retry_forever=False` is for probes that must answer at once.
     """
     retry = Retry(ExponentialBackoff(cap=RETRY_CAP_S, base=0.05), -1 if retry_forever else 0)
-    return redis.Redis.from_url(url, decode_responses=False, health_check_interval=30,
+    creds = {k: v for k, v in (("username", username), ("password", password)) if v}
+    return redis.Redis.from_url(url, decode_responses=False, health_check_interval=30, **creds,
                                 socket_connect_timeout=5, socket_timeout=15, socket_keepalive=True,
                                 retry=retry, retry_on_error=[ConnectionError, TimeoutError, BusyLoadingError])
+
+
+def queue_client(cfg: RedisConfig, retry_forever: bool = True) -> redis.Redis:
+    """`connect` to the run's Redis as `cfg` says, logged in with the part's own ACL user.
+
+    A refused login is not retried like an outage (redis-py counts it as a lost connection): it is
+    a mistake in the deployment, said at once as a ConfigError.
+    """
+    if not cfg.url:
+        raise ConfigError("redis.url: no Redis configured")
+    password = read_secret(PASSWORD_ENV, cfg.password_file, "redis.password_file")
+    client = connect(cfg.url, retry_forever, username=cfg.username or None, password=password)
+    try:
+        redis.Redis(connection_pool=_no_retry_pool(client)).ping()
+    except redis.AuthenticationError as exc:
+        raise ConfigError(f"redis.username/password_file: Redis refused the login ({exc})") from None
+    except redis.ResponseError as exc:
+        raise ConfigError(f"redis.username: Redis refused PING ({exc})") from None
+    except (redis.ConnectionError, redis.TimeoutError, OSError):
+        pass  # not up yet: every command waits for it (retry with backoff)
+    return client
+
+
+def _no_retry_pool(client: redis.Redis) -> redis.ConnectionPool:
+    pool = client.connection_pool
+    kwargs = {**pool.connection_kwargs, "retry": Retry(NoBackoff(), 0), "socket_timeout": 2,
+              "socket_connect_timeout": 2}
+    return redis.ConnectionPool(connection_class=pool.connection_class, **kwargs)
 
 
 def redis_probe(client: redis.Redis) -> Callable[[], bool]:
@@ -74,10 +109,7 @@ def redis_probe(client: redis.Redis) -> Callable[[], bool]:
     It has a pool of its own, made once (probes run every few seconds): the client's connections
     carry its retry-forever policy, which would make a probe hang through an outage.
     """
-    pool = client.connection_pool
-    kwargs = {**pool.connection_kwargs, "retry": Retry(NoBackoff(), 0), "socket_timeout": 2,
-              "socket_connect_timeout": 2}
-    probe = redis.Redis(connection_pool=redis.ConnectionPool(connection_class=pool.connection_class, **kwargs))
+    probe = redis.Redis(connection_pool=_no_retry_pool(client))
 
     def ping() -> bool:
         try:

@@ -29,7 +29,7 @@ from rich.console import Console
 
 from protocol.auth import load_tokens
 from protocol.config.train import StageConfig, TrainConfig, stage_kind
-from protocol.queue import connect
+from protocol.queue import queue_client
 from protocol.streams import Plan, RunKeys
 from protocol.supervise import Supervisor
 from recipe.plots import plot_metrics
@@ -58,7 +58,7 @@ class ServiceDriver:
         self.cfg, self.console, self.supervisor = cfg, console, supervisor
         self.dc = cfg.driver
         self.keys = RunKeys(cfg.run.name)
-        self.client = connect(cfg.redis.url)
+        self.client = queue_client(cfg.redis)
         self.http = httpx.Client(timeout=self.dc.http_timeout_s, trust_env=False,
                                  headers=load_tokens(cfg.auth).headers())
         self.out = Path(cfg.run.output_dir) / cfg.run.name

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from protocol.config import RunConfig
-from protocol.queue import connect, redis_probe
+from protocol.queue import queue_client, redis_probe
 from protocol.supervise import Supervisor
 from reward_service.worker import main as worker_main
 
@@ -76,7 +76,7 @@ class WorkerPool:
 def build_pool(cfg: RunConfig, n: int, supervisor: Supervisor) -> tuple[WorkerPool, Callable[[], dict[str, Any]]]:
     """The pool and a health probe covering it and Redis (workers' health is the service's)."""
     pool = WorkerPool(cfg, n, supervisor)
-    redis_up = redis_probe(connect(cfg.redis.url)) if cfg.redis.url and n else None
+    redis_up = redis_probe(queue_client(cfg.redis)) if cfg.redis.url and n else None
 
     def health() -> dict[str, Any]:
         alive = pool.alive()

@@ -9,7 +9,7 @@ from collections import Counter
 
 from protocol.codec import encode_group
 from protocol.config.redis import RedisConfig
-from protocol.queue import Backpressure, StreamConsumer, connect
+from protocol.queue import Backpressure, StreamConsumer, queue_client
 from protocol.streams import LEARNER_GROUP, REWARD_GROUP, RunKeys
 from reward_service.scorer import Item, Scorer, reward_of
 
@@ -24,7 +24,7 @@ class RewardWorker:
             raise ValueError("redis.url is required for a reward worker")
         self.scorer, self.name = scorer, name
         self.keys = RunKeys(run)
-        self.client = connect(redis.url)
+        self.client = queue_client(redis)
         self.consumer = StreamConsumer(self.client, self.keys.rollouts, REWARD_GROUP, name,
                                        claim_idle_ms=redis.claim_idle_ms)
         # What the learner has read and holds until its next checkpoint is not waiting for anyone:

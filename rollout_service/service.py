@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from protocol.auth import load_tokens, warn_if_open
 from protocol.config import RunConfig
 from protocol.config.run_config import weight_hosts
-from protocol.queue import connect, redis_probe
+from protocol.queue import queue_client, redis_probe
 from protocol.serving import shutdown_self
 from protocol.streams import RunKeys
 from protocol.supervise import Supervisor
@@ -31,7 +31,7 @@ def build(cfg: RunConfig, model: str) -> tuple[FastAPI, Supervisor, Callable[[],
     engine = Engine(model, cfg.rollout)
     rollouts, redis_up = None, None
     if cfg.redis.url:
-        client = connect(cfg.redis.url)
+        client = queue_client(cfg.redis)
         redis_up = redis_probe(client)
         rollouts = Rollouts(engine, client, cfg.run.name, cfg.rollout, cfg.redis.max_backlog, supervisor,
                             audit=cfg.redis.audit)

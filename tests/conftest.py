@@ -68,25 +68,29 @@ class RedisProcess:
     """A redis-server of the test's own. With `persist` (AOF, fsync always) a test may kill it and
     start it again on the same port and data, as an operator's restart would."""
 
-    def __init__(self, workdir: str, persist: bool = True) -> None:
+    def __init__(self, workdir: str, persist: bool = True, args: tuple[str, ...] = ()) -> None:
+        """`args`: more redis-server options (e.g. --aclfile)."""
         binary = shutil.which("redis-server")
         if binary is None:
             pytest.fail("tests need a Redis server: install redis-server or set RINGRL_TEST_REDIS_URL")
         self.binary, self.workdir, self.port = binary, workdir, free_port()
         self.aof = ["--appendonly", "yes", "--appendfsync", "always"] if persist else ["--appendonly", "no"]
         self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.args = args
         self.proc: subprocess.Popen[bytes] | None = None
         self.start()
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
             [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", *self.aof,
-             "--dir", self.workdir],
+             "--dir", self.workdir, *self.args],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         client = redis.Redis(port=self.port)
         for _ in range(200):
             try:
                 client.ping()
+                return
+            except (redis.AuthenticationError, redis.ResponseError):  # up, refusing a stranger
                 return
             except (redis.ConnectionError, redis.BusyLoadingError):
                 time.sleep(0.05)

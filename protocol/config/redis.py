@@ -9,6 +9,14 @@ class RedisConfig(Section):
     url: str | None = Field(
         default=None,
         description="Redis URL (redis://host:port/db). Empty: `ringrl train` starts a local server.")
+    username: str = Field(
+        default="",
+        description="ACL user this part logs in as (empty: `default`, or the user in url). Give each part "
+                    "its own (deploy/ does: learner, rollout, reward, driver).")
+    password_file: str = Field(
+        default="",
+        description="File holding the password of `username` (RINGRL_REDIS_PASSWORD overrides it); "
+                    "kept out of url so that it is never printed with the config.")
     max_backlog: int = Field(
         default=4096, gt=0,
         description="The one backlog bound, in groups: engines start no new prompt while the rollouts + "

@@ -1,0 +1,73 @@
+"""Redis with the deployment's ACL file (`ringrl init-secrets`): each part logs in as its own user
+and can run the pipeline's commands on the run's keys, nothing else; strangers can do nothing."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import redis
+
+from protocol.config import ConfigError
+from protocol.config.redis import RedisConfig
+from protocol.queue import StreamConsumer, StreamProducer, queue_client
+from protocol.redis_acl import PARTS
+from protocol.streams import RunKeys
+from tests.conftest import RedisProcess
+from tests.protocol.strategies import make_group
+
+
+@pytest.fixture(scope="module")
+def secured(tmp_path_factory: pytest.TempPathFactory) -> tuple[RedisProcess, Path]:
+    secrets = tmp_path_factory.mktemp("secrets")
+    out = subprocess.run([str(Path(sys.executable).parent / "ringrl"), "init-secrets", str(secrets)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    server = RedisProcess(str(tmp_path_factory.mktemp("redis")), persist=False,
+                          args=("--aclfile", str(secrets / "redis" / "users.acl")))
+    yield server, secrets
+    server.stop()
+
+
+def _part(secured: tuple[RedisProcess, Path], part: str) -> redis.Redis:
+    server, secrets = secured
+    return queue_client(RedisConfig(url=server.url, username=part,
+                                    password_file=str(secrets / part / "redis-password")))
+
+
+@pytest.mark.parametrize("part", PARTS)
+def test_each_part_runs_the_pipeline_commands_on_the_run_keys(secured: tuple[RedisProcess, Path],
+                                                              part: str) -> None:
+    client = _part(secured, part)
+    keys = RunKeys(f"acl-{part}")
+    producer = StreamProducer(client, keys.rollouts, audit_set=keys.audit_written)
+    consumer = StreamConsumer(client, keys.rollouts, "g", "c1")
+    consumer.ensure_group()
+    producer.produce([make_group(group_id=f"{part}-g1")])
+    entries = consumer.read(10, block_ms=100)
+    assert [e.group.group_id for e in entries] == [f"{part}-g1"]
+    assert consumer.forward([entries[0].id], keys.scored, [b"x"]) == 1  # the Lua hand-off
+    client.hset(keys.plan, mapping={"stage": "math"})
+    assert client.exists(keys.plan) == 1 and client.publish(keys.weights, b"wake") >= 0
+    for forbidden in (("FLUSHALL",), ("KEYS", "*"), ("CONFIG", "GET", "*"), ("CLIENT", "LIST"), ("BGSAVE",),
+                      ("SET", "not-ringrl", "1"), ("ACL", "LIST"), ("SHUTDOWN",)):
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            client.execute_command(*forbidden)
+
+
+def test_strangers_and_wrong_passwords_get_nothing(secured: tuple[RedisProcess, Path],
+                                                   tmp_path: Path) -> None:
+    server, secrets = secured
+    with pytest.raises(redis.AuthenticationError):
+        redis.Redis.from_url(server.url).xlen("ringrl:x:rollouts")
+    wrong = tmp_path / "pw"
+    wrong.write_text("not-the-password")
+    with pytest.raises(ConfigError, match="^redis.username/password_file: Redis refused the login"):
+        queue_client(RedisConfig(url=server.url, username="learner", password_file=str(wrong)))
+    probe = redis.Redis.from_url(server.url, username="probe",
+                                 password=(secrets / "redis" / "probe-password").read_text().strip())
+    assert probe.ping()
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        probe.xlen("ringrl:x:rollouts")
