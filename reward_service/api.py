@@ -36,6 +36,15 @@ _TESTS_RULES = {
 }
 
 
+EXAMPLE = {"items": [  # in the document: for a reader, and as the fuzzer's first cases
+    {"task": "math", "response": "Half of it: \\boxed{\\frac{1}{2}}", "answer": "0.5"},
+    {"task": "code", "response": "```python\nprint(int(input()) * 2)\n```",
+     "tests": {"io_tests": [{"stdin": "21\n", "stdout": "42"}]}},
+    {"task": "code", "response": "```python\ndef double(x):\n    return 2 * x\n```",
+     "tests": {"test_code": "def check(f):\n    assert f(4) == 8\n", "entry_point": "double"}},
+]}
+
+
 class Scorable(Protocol):
     """What the server reads from an item of either kind."""
 
@@ -99,7 +108,8 @@ def score_request_model(cfg: RewardConfig) -> type[BaseModel]:
             return CodeReference(**self.tests.model_dump())
 
     class ScoreRequest(BaseModel):
-        model_config = ConfigDict(extra="forbid")
+        model_config = ConfigDict(extra="forbid",
+                                  json_schema_extra={"examples": [{"items": EXAMPLE["items"][:cfg.max_batch]}]})
         items: list[Annotated[MathItem | CodeItem, Field(discriminator="task")]] = Field(
             min_length=1, max_length=cfg.max_batch,
             description="Responses to score; `task` says which fields an item has (math: answer, "
