@@ -40,7 +40,10 @@ def register(app: typer.Typer, serve: typer.Typer) -> None:
         # a restarted driver goes on from the stage the learner is in.
         supervisor = Supervisor(on_give_up=shutdown_self)
         stop_on_signals(supervisor.stop)
-        driver = ServiceDriver(cfg, Console(width=None if sys.stdout.isatty() else 200), supervisor)
+        try:
+            driver = ServiceDriver(cfg, Console(width=None if sys.stdout.isatty() else 200), supervisor)
+        except ValueError as exc:  # a refused Redis login (ConfigError)
+            fail(str(exc))
         serve_observability(CollectorRegistry(), lambda: {**supervisor.health(), **driver.status},
                             cfg.driver.host, cfg.driver.port, load_tokens(cfg.auth))
         try:

@@ -41,7 +41,10 @@ def register(app: typer.Typer, serve: typer.Typer) -> None:
             except SandboxUnavailable as exc:
                 fail(f"{exc} (set reward.sandbox.backend)")
         supervisor = Supervisor(on_give_up=shutdown_self)
-        pool, pool_health = build_pool(cfg, n, supervisor)
+        try:
+            pool, pool_health = build_pool(cfg, n, supervisor)
+        except ValueError as exc:  # a refused Redis login (ConfigError)
+            fail(str(exc))
         if http:
             app.state.extra_health = pool_health  # the workers' health is the service's
             warn_if_open(load_tokens(cfg.auth), cfg.reward.host, "reward")

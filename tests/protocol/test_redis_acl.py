@@ -71,3 +71,17 @@ def test_strangers_and_wrong_passwords_get_nothing(secured: tuple[RedisProcess, 
     assert probe.ping()
     with pytest.raises(redis.exceptions.NoPermissionError):
         probe.xlen("ringrl:x:rollouts")
+
+
+def test_a_refused_login_ends_a_service_with_one_line(secured: tuple[RedisProcess, Path], tmp_path: Path) -> None:
+    server, _ = secured
+    (tmp_path / "pw").write_text("wrong")
+    config = tmp_path / "run.yaml"
+    config.write_text(f"redis: {{url: '{server.url}', username: driver, password_file: '{tmp_path / 'pw'}'}}\n"
+                      f"run: {{output_dir: '{tmp_path}'}}\n")
+    out = subprocess.run([str(Path(sys.executable).parent / "ringrl"), "serve", "driver", str(config)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.strip().splitlines() == [
+        "error: redis.username/password_file: Redis refused the login (invalid username-password pair "
+        "or user is disabled.)"]
