@@ -283,8 +283,9 @@ def report(result: dict, peak: tuple[int, int], clients: int, seconds: float, co
                   style="bold")
     console.print(table)
     probes = [lat for status, lat in result["probes"] if status == 200]
+    hostile = sum(r["n"] for name, r in rows.items() if KINDS[name].hostile)
     summary = {
-        "requests": total["n"], "errors": total["errors"], "refused": total["refused"],
+        "requests": total["n"], "hostile": hostile, "errors": total["errors"], "refused": total["refused"],
         "misscored": total["misscored"], "throughput_rps": total["n"] / result["elapsed"],
         "p50_ms": 1000 * _pct(every, 0.5), "p99_ms": 1000 * _pct(every, 0.99),
         "healthz_ok": len(probes), "healthz_failed": len(result["probes"]) - len(probes),
@@ -292,7 +293,8 @@ def report(result: dict, peak: tuple[int, int], clients: int, seconds: float, co
         "peak_rss_mib": peak[0] / 1024, "peak_pss_mib": peak[1] / 1024,
         "error_kinds": sorted({e for *_, e in result["requests"] if e}),
     }
-    console.print(f"throughput {summary['throughput_rps']:.1f} requests/s; errors {summary['errors']} "
+    console.print(f"{hostile} of {total['n']} requests hostile; "
+                  f"throughput {summary['throughput_rps']:.1f} requests/s; errors {summary['errors']} "
                   f"(5xx, connection errors, timeouts); refused as expected or not: {summary['refused']}; "
                   f"mis-scored {summary['misscored']}")
     console.print(f"/healthz under load: {summary['healthz_ok']} ok, {summary['healthz_failed']} failed, "
