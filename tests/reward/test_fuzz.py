@@ -25,8 +25,6 @@ CONFIG = {"max_request_bytes": 256 * 1024, "max_batch": 4, "max_io_tests": 3, "m
           "max_answer_chars": 256, "max_test_chars": 1024}
 EXAMPLES = 1000  # per operation: about a minute on 2 shared cores
 SEED = 15
-
-
 TOKENS = Tokens(api="fuzz-token")  # as deployed: the document declares the bearer scheme
 
 
