@@ -23,8 +23,10 @@ KUBE_VERSIONS = ("1.30.0", "1.37.0")
 
 RINGRL_SERVICES = ("rollout", "reward", "learner", "driver")
 """The long-running ringrl servers of the compose stack (`ringrl serve <name>`)."""
-ONE_SHOT = ("init-model",)
+ONE_SHOT = ("init-secrets", "init-model")
 """Compose services that run to completion (the others wait for them to exit 0)."""
+SECRETS_DIR = "/run/secrets/ringrl"
+"""Where each compose service mounts its own folder of the ringrl-secrets volume."""
 GPU_VALUES = yaml.safe_load((CHART / "values-gpu.yaml").read_text())
 
 
@@ -36,14 +38,14 @@ def venv_tool(name: str) -> str:
     return str(path)
 
 
-_VAR = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")
+_VAR = re.compile(r"\$\$|\$\{(\w+)(?::-([^}]*))?\}")
 
 
 def interpolate(node: Any, env: dict[str, str] | None = None) -> Any:
-    """Compose's `${VAR:-default}` substitution, with only the defaults (or `env`) set."""
+    """Compose's `${VAR:-default}` substitution, with only the defaults (or `env`) set; `$$` is `$`."""
     env = env or {}
     if isinstance(node, str):
-        return _VAR.sub(lambda m: env.get(m.group(1), m.group(2) or ""), node)
+        return _VAR.sub(lambda m: "$" if m.group(0) == "$$" else env.get(m.group(1), m.group(2) or ""), node)
     if isinstance(node, dict):
         return {k: interpolate(v, env) for k, v in node.items()}
     if isinstance(node, list):
@@ -143,7 +145,7 @@ def all_ringrl_env() -> dict[str, set[str]]:
             if key.startswith("RINGRL_"):
                 where.setdefault(key, set()).add(origin)
 
-    for svc in RINGRL_SERVICES + ONE_SHOT:
+    for svc in RINGRL_SERVICES + ("init-model",):
         add(compose_env(svc), f"compose:{svc}")
     for variant, values in helm_value_variants().items():
         for obj in render(values):

@@ -93,6 +93,35 @@ def test_healthcheck_script_against_a_real_server(tmp_path: Path) -> None:
     assert probe() == 1
 
 
+def test_healthcheck_sends_the_token_for_readyz(tmp_path: Path) -> None:
+    """With auth on, /readyz refuses a probe without the token; the probe given HEALTHCHECK_TOKEN_FILE
+    and the URL as its argument (what the Helm readiness probe runs) passes, a wrong token fails."""
+    import sys
+
+    from prometheus_client import CollectorRegistry
+
+    from protocol.auth import Tokens
+    from protocol.metrics import serve_observability
+
+    script = str(DOCKERFILES[0].parent / "healthcheck.py")
+    server = serve_observability(CollectorRegistry(), lambda: {"ok": True}, tokens=Tokens(api="s3cret"))
+    url = f"http://127.0.0.1:{server.server_address[1]}/readyz"
+    token = tmp_path / "api-token"
+
+    def probe(env: dict[str, str]) -> int:
+        return subprocess.run([sys.executable, script, url], env=env, capture_output=True, timeout=30).returncode
+
+    try:
+        assert probe({}) == 1
+        token.write_text("s3cret\n")
+        assert probe({"HEALTHCHECK_TOKEN_FILE": str(token)}) == 0
+        token.write_text("wrong\n")
+        assert probe({"HEALTHCHECK_TOKEN_FILE": str(token)}) == 1
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 @pytest.mark.parametrize("path", DOCKERFILES, ids=IDS)
 def test_image_copies_every_package_the_project_installs(path: Path) -> None:
     """A package left out of the image makes `ringrl` fail inside it (the CLI and the run moved once)."""
