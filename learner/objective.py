@@ -10,11 +10,12 @@ GRPO baselines their own normalisers); here it only multiplies. Every token term
 sum and the router terms are scaled by the micro-batch's share of the step's input tokens, so the
 shares of all micro-batches (on all ranks) add up to the step loss whatever the split:
 
-    L = sum(w * PPO-clip [* TIS]) - entropy_coef * sum(w * H)
+    L = sum(w * PPO-clip [* TIS | * IcePop]) - entropy_coef * sum(w * H)
         + load_balance_coef * LB * share + router_z_coef * Z / step_input_tokens
 
 with LB the Switch-style balance loss and Z the token sum of logsumexp(router logits)^2, both
-averaged over MoE layers.
+averaged over MoE layers. TIS and IcePop weigh each token by its train/inference ratio
+k = exp(learner - behaviour log-prob) (`mismatch_weights`).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import torch.nn.functional as F
 from protocol.config.learner import LearnerConfig
 
 SUMS = ("pg_loss", "entropy_loss", "lb_loss", "z_loss", "entropy_sum", "tokens", "clipped",
-        "mismatch_sum", "tis_clipped", "input_tokens")
+        "mismatch_sum", "tis_clipped", "mismatch_masked", "input_tokens")
 """Keys of `LossTerms.sums`: additive over micro-batches and ranks."""
 
 _T = TypeVar("_T", torch.Tensor, float)
@@ -44,12 +45,14 @@ class ObjectiveConfig:
     load_balance_coef: float
     router_z_coef: float
     old_logprobs: Literal["behaviour", "recompute"]
-    tis_cap: float | None
+    mismatch: Literal["off", "tis", "icepop"] = "off"
+    tis_cap: float = 2.0
+    icepop_band: tuple[float, float] = (0.5, 5.0)
 
     @classmethod
     def from_config(cls, cfg: LearnerConfig) -> ObjectiveConfig:
         return cls(cfg.clip_low, cfg.clip_high, cfg.entropy_coef, cfg.load_balance_coef,
-                   cfg.router_z_coef, cfg.old_logprobs, cfg.tis_cap)
+                   cfg.router_z_coef, cfg.old_logprobs, cfg.mismatch, cfg.tis_cap, cfg.icepop_band)
 
     def combine(self, pg: _T, entropy: _T, lb: _T, z: _T) -> _T:
         """The loss from its terms: tensors for backward, or summed floats for the step metric."""
@@ -98,11 +101,11 @@ def objective(x: ObjectiveInputs, cfg: ObjectiveConfig) -> LossTerms:
     # one optimiser update per step: the learner's old log-probs are its current ones, detached
     old = logp.detach() if cfg.old_logprobs == "recompute" else beh
     tok_loss, clipped = ppo_clip(logp, old, x.advantages.to(logp.dtype), cfg.clip_low, cfg.clip_high)
-    tis_clipped = 0.0
-    if cfg.tis_cap is not None:
-        tis = tis_weights(logp, beh, cfg.tis_cap)
-        tok_loss = tok_loss * tis
-        tis_clipped = float((tis >= cfg.tis_cap).sum())
+    tis_clipped = masked = 0.0
+    if cfg.mismatch != "off":
+        weight, hit = mismatch_weights(logp, beh, cfg)
+        tok_loss = tok_loss * weight
+        tis_clipped, masked = (float(hit.sum()), 0.0) if cfg.mismatch == "tis" else (0.0, float(hit.sum()))
     pg = (w * tok_loss).sum()
     ent = -(w * entropy).sum()
     lb = z = torch.zeros((), dtype=logp.dtype)
@@ -117,7 +120,7 @@ def objective(x: ObjectiveInputs, cfg: ObjectiveConfig) -> LossTerms:
     sums = {"pg_loss": float(pg), "entropy_loss": float(ent), "lb_loss": float(lb), "z_loss": float(z),
             "entropy_sum": float(entropy.detach().sum()), "tokens": float(x.targets.numel()),
             "clipped": float(clipped.sum()), "mismatch_sum": float(mismatch.sum()),
-            "tis_clipped": tis_clipped, "input_tokens": float(x.input_tokens)}
+            "tis_clipped": tis_clipped, "mismatch_masked": masked, "input_tokens": float(x.input_tokens)}
     return LossTerms(total, sums, float(mismatch.max()) if mismatch.numel() else 0.0)
 
 
@@ -148,6 +151,23 @@ def ppo_clip(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tenso
 def tis_weights(learner_logp: torch.Tensor, behaviour_logp: torch.Tensor, cap: float) -> torch.Tensor:
     """Truncated importance sampling: min(pi_learner / pi_engine, cap), no gradient."""
     return torch.exp(learner_logp.detach() - behaviour_logp).clamp(max=cap)
+
+
+def mismatch_weights(learner_logp: torch.Tensor, behaviour_logp: torch.Tensor,
+                     cfg: ObjectiveConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token weights (no gradient) and where the correction bit: capped (tis) or masked (icepop).
+
+    IcePop keeps a token only while k = pi_learner / pi_engine lies inside the band. Against the
+    learner's own old log-probs (recompute) the kept tokens are weighted by k, as in the paper;
+    against the behaviour log-probs the PPO ratio already carries k, so the mask alone applies.
+    """
+    k = torch.exp(learner_logp.detach() - behaviour_logp)
+    if cfg.mismatch == "tis":
+        return k.clamp(max=cfg.tis_cap), k >= cfg.tis_cap
+    low, high = cfg.icepop_band
+    inside = (k >= low) & (k <= high)
+    kept = k if cfg.old_logprobs == "recompute" else torch.ones_like(k)
+    return torch.where(inside, kept, torch.zeros_like(k)), ~inside
 
 
 def load_balance_loss(router_logits: tuple[torch.Tensor, ...], top_k: int,

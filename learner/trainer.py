@@ -129,6 +129,7 @@ class Learner:
             "input_tokens": sums["input_tokens"], "sequences": float(len(step.pieces)),
             "clip_fraction": sums["clipped"] / n, "mismatch_mean": sums["mismatch_sum"] / n,
             "mismatch_max": mismatch_max, "tis_clip_fraction": sums["tis_clipped"] / n,
+            "mismatch_masked_fraction": sums["mismatch_masked"] / n,
             "grad_norm": grad_norm, "lr": lr, "step_time_s": time.perf_counter() - t0,
         }
 

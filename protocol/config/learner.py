@@ -59,10 +59,17 @@ class LearnerConfig(Section):
         default="behaviour",
         description="PPO ratio against the engine's behaviour log-probs, or against the learner's "
                     "own log-probs of the same weights (recompute; enables TIS).")
-    tis_cap: float | None = Field(
-        default=None, gt=0,
-        description="With old_logprobs=recompute: truncated importance-sampling weight "
-                    "min(exp(learner - behaviour), tis_cap) per token; empty: no correction.")
+    mismatch: Literal["off", "tis", "icepop"] = Field(
+        default="off",
+        description="Per-token correction for the train/inference mismatch, from k = exp(learner - "
+                    "behaviour log-prob) under the weights that sampled: tis multiplies the token's loss "
+                    "by min(k, tis_cap) (needs old_logprobs: recompute); icepop (Ring-1T) drops tokens "
+                    "with k outside icepop_band from the gradient, and with old_logprobs: recompute "
+                    "weights the others by k; off: neither.")
+    tis_cap: float = Field(default=2.0, gt=0, description="mismatch: tis — the cap of the weight.")
+    icepop_band: tuple[float, float] = Field(
+        default=(0.5, 5.0),
+        description="mismatch: icepop — [low, high] of k inside which a token trains (low < 1 < high).")
     # --- optimiser ------------------------------------------------------------------------
     lr: float = Field(default=1e-5, gt=0, description="AdamW peak learning rate.")
     weight_decay: float = Field(default=0.0, ge=0, description="AdamW decoupled weight decay.")
@@ -120,7 +127,13 @@ class LearnerConfig(Section):
         return self
 
     @model_validator(mode="after")
-    def _tis_needs_recompute(self) -> "LearnerConfig":
-        if self.tis_cap is not None and self.old_logprobs != "recompute":
-            raise ValueError("tis_cap needs old_logprobs: recompute")
+    def _mismatch_settings(self) -> "LearnerConfig":
+        if self.mismatch == "tis" and self.old_logprobs != "recompute":
+            raise ValueError("mismatch: tis needs old_logprobs: recompute (with behaviour log-probs the "
+                             "PPO ratio already corrects for the engine)")
+        if "tis_cap" in self.model_fields_set and self.mismatch != "tis":
+            raise ValueError("tis_cap: only used with mismatch: tis")
+        low, high = self.icepop_band
+        if not 0 < low < 1 < high:
+            raise ValueError("icepop_band: needs 0 < low < 1 < high")
         return self

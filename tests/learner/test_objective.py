@@ -138,7 +138,7 @@ def test_objective_combines_its_terms() -> None:
     adv, w = torch.tensor([1.0, -0.5, 2.0]), torch.full((3,), 1 / 8)
     mask = torch.tensor([1, 1, 1, 0])
     cfg = O.ObjectiveConfig(0.2, 0.28, entropy_coef=0.1, load_balance_coef=0.5, router_z_coef=0.25,
-                            old_logprobs="recompute", tis_cap=1.5)
+                            old_logprobs="recompute", mismatch="tis", tis_cap=1.5)
     x = O.ObjectiveInputs(logits, targets, beh, adv, w, input_tokens=3, step_input_tokens=6,
                           router_logits=(router,), router_mask=mask, top_k=1)
     terms = O.objective(x, cfg)
@@ -163,3 +163,42 @@ def test_aux_coefficients_enter_the_loss(moe_path: Path) -> None:
     ma, mb = a.train_step(step), b.train_step(step)
     assert mb["lb_loss"] > 0.9 and mb["z_loss"] > 0
     assert mb["loss"] == pytest.approx(ma["loss"] + 0.5 * mb["lb_loss"] + 0.25 * mb["z_loss"], rel=1e-5)
+
+
+@pytest.mark.parametrize("old_logprobs", ["recompute", "behaviour"])
+def test_icepop_masks_exactly_the_tokens_outside_the_band(old_logprobs: str) -> None:
+    """k = exp(learner - behaviour) at 0.3, 0.51, 1, 4.9, 4.99, 5.01: the two outside [0.5, 5] get
+    no gradient at all; the others train, weighted by k only against recomputed old
+    log-probs (against behaviour ones the PPO ratio already holds k)."""
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(6, 7, generator=g, dtype=torch.float64, requires_grad=True)
+    targets = torch.tensor([0, 1, 2, 3, 4, 5])
+    logp = torch.log_softmax(logits.detach(), -1)[torch.arange(6), targets]
+    k = torch.tensor([0.3, 0.51, 1.0, 4.9, 4.99, 5.01], dtype=torch.float64)
+    beh = logp - torch.log(k)
+    adv, w = torch.tensor([1.0, -1.0, 0.5, 2.0, -0.5, 1.5]), torch.full((6,), 1 / 16)
+    cfg = O.ObjectiveConfig(0.2, 0.28, 0.0, 0.0, 0.0, old_logprobs=old_logprobs,  # type: ignore[arg-type]
+                            mismatch="icepop", icepop_band=(0.5, 5.0))
+    weight, masked = O.mismatch_weights(logp, beh, cfg)
+    assert masked.tolist() == [True, False, False, False, False, True]
+    kept = k if old_logprobs == "recompute" else torch.ones_like(k)
+    torch.testing.assert_close(weight, torch.where(masked, torch.zeros_like(k), kept))
+    terms = O.objective(O.ObjectiveInputs(logits, targets, beh, adv, w, 6, 6), cfg)
+    (grad,) = torch.autograd.grad(terms.loss, logits)
+    off = O.objective(O.ObjectiveInputs(logits, targets, beh, adv, w, 6, 6),
+                      O.ObjectiveConfig(0.2, 0.28, 0.0, 0.0, 0.0, old_logprobs=old_logprobs))  # type: ignore[arg-type]
+    (grad_off,) = torch.autograd.grad(off.loss, logits)
+    assert (grad[masked] == 0).all() and (grad_off[masked] != 0).any()
+    torch.testing.assert_close(grad, weight[:, None] * grad_off)  # the kept tokens train as before (x k)
+    assert terms.sums["mismatch_masked"] == 2.0 and terms.sums["tis_clipped"] == 0.0
+    assert off.sums["mismatch_masked"] == 0.0
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"mismatch": "tis"}, "mismatch: tis needs old_logprobs: recompute"),
+    ({"mismatch": "icepop", "tis_cap": 1.5}, "tis_cap: only used with mismatch: tis"),
+    ({"mismatch": "icepop", "icepop_band": (1.2, 5.0)}, "icepop_band: needs 0 < low < 1 < high"),
+])
+def test_mismatch_settings_that_would_do_nothing_are_refused(settings: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        LearnerConfig(**settings)  # type: ignore[arg-type]
