@@ -133,6 +133,9 @@ def _ringrl_check(test, entry, wfd, rfd):
         return _ringrl_tests(test, entry, rd, wr)
 
 def _ringrl_tests(test, entry, rd, wr):
+    # The tests are loaded while the candidate runs the program.
+    g = {"__name__": "__main__", "__builtins__": _RingrlNames(builtins.__dict__)}
+    exec(compile(test, "test.py", "exec"), g)
     if rd.readline() != b'"ready"\n':
         return False  # the program ended (or spoke out of turn) before the tests ran
 
@@ -148,15 +151,15 @@ def _ringrl_tests(test, entry, rd, wr):
         call.__name__ = name
         return call
 
-    class Names(dict):
-        # Names the tests use but do not define are the program's functions (HumanEval's
-        # tests call helpers of the prompt, e.g. `poly`, `encode_cyclic`).
-        def __missing__(self, name):
-            return proxy(name)
-    g = {"__name__": "__main__", "__builtins__": Names(builtins.__dict__)}
-    exec(compile(test, "test.py", "exec"), g)
+    g["__builtins__"].proxy = proxy
     g["check"](proxy(entry))
     return True
+
+class _RingrlNames(dict):
+    """The tests' builtins. Names the tests use but do not define are the program's functions
+    (HumanEval's tests call helpers of the prompt, e.g. `poly`, `encode_cyclic`)."""
+    def __missing__(self, name):
+        return self.proxy(name)
 
 def _ringrl_limits(cpu, mem, fsize, nproc):
     for res, soft, hard in ((resource.RLIMIT_CPU, cpu, cpu + 1),
@@ -207,9 +210,11 @@ def _ringrl_harness():
     os.close(resp_w)
     del src
     try:
-        # Closing the pipes (on the way out) ends the candidate's serving loop.
         if _ringrl_check(test, entry.decode(), req_w, resp_r):
             os.write(vfd, b"P")
+            os.kill(pid, 9)  # its part is done; nothing it does from here counts
+            os.waitpid(pid, 0)
+            return 0
     except BaseException:
         traceback.print_exc()
         os.kill(pid, 9)  # a failed check ends the run

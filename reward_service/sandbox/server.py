@@ -1,17 +1,20 @@
 """The trusted fork server that runs as pid 1 of each warm sandbox (source text, run with -c).
 
-It never runs untrusted code itself; it only forks. Per request (three fds over the control
-socket: the program's stdin, stdout, stderr) it forks a child that wires those fds, runs the
-shared harness (rlimits, compile, exec, nonce), and exits. Then the server SIGKILLs every other
-process in the pid namespace (`kill(-1)` from init reaches all of them), reaps until it has no
-children left — so nothing of the run survives —, empties /tmp (the only writable path), and
-answers `(exit code, processes left behind, healthy)`. If /tmp cannot be emptied it answers
-unhealthy and exits, and the host starts a fresh sandbox.
+It never runs untrusted code itself; it only forks. Per request (a per-run nonce and four fds
+over the control socket: the run's stdin, stdout, stderr and verdict pipe) it forks a child
+that wires those fds to 0-3 and runs the shared harness (rlimits; in `call` mode the checker,
+which forks the candidate that runs the program), and exits. Then the server SIGKILLs every
+other process in the pid namespace (`kill(-1)` from init reaches all of them), reaps until it
+has no children left — so nothing of the run survives —, empties /tmp (the only writable
+path), and answers `(nonce, exit code, processes left behind, healthy)`. If /tmp cannot be
+emptied it answers unhealthy and exits, and the host starts a fresh sandbox.
 
 As pid 1 of its namespace it cannot be killed or stopped by the programs (the kernel drops
 signals from inside the namespace that init has no handler for, so SIGINT is set to default).
+It is non-dumpable (so are its children), and seccomp denies ptrace, process_vm_*, pidfd_open
+and pidfd_getfd, with no /proc mounted: a program cannot read its memory or take its control
+socket.
 """
-
 from __future__ import annotations
 
 import struct

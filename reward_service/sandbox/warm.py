@@ -6,8 +6,8 @@ program is a fork of the pristine server (server.py), so a run costs a fork inst
 namespace set-up plus an interpreter start. The host keeps the hard limits: the wall clock and
 the output cap are enforced here, and on either the whole sandbox is SIGKILLed from outside
 (through a pidfd on its pid 1: the pid namespace dies with it) and rebuilt before the next run.
-A server that dies, answers out of protocol, or reports that it could not clean up is
-replaced the same way.
+A server that dies, answers out of protocol (a reply without this run's nonce, or bytes after
+the reply), or reports that it could not clean up is replaced the same way.
 """
 
 from __future__ import annotations

@@ -96,6 +96,16 @@ ATTACKS: dict[str, tuple[str, CodeReference, set[S] | None]] = {
     "stops-the-checker": (
         "import os, signal\ndef add(a, b):\n    os.kill(os.getppid(), signal.SIGSTOP)\n"
         "    return a + b\n", CALL, None),
+    "proc-fds-and-memory-of-the-checker": (
+        "import os\n"
+        "def add(a, b):\n"
+        "    pp = os.getppid()\n"
+        "    for fd in range(3, 64):\n"
+        "        try:\n"
+        "            with open(f'/proc/{pp}/fd/{fd}', 'wb') as f:\n                f.write(b'P')\n"
+        "        except OSError:\n            pass\n"
+        "    try:\n        open(f'/proc/{pp}/mem', 'rb').read(1)\n    except OSError:\n        pass\n"
+        "    return a - b\n", CALL, None),
     "garbage-replies-to-the-checker": (
         "import os\n"
         "for fd in range(3, 64):\n"
