@@ -133,6 +133,7 @@ def helm_value_variants() -> dict[str, dict[str, Any]]:
         "external-redis": {"redis": {"enabled": False, "externalUrl": "redis://redis.infra:6379/3"}},
         "no-scrape": {"metrics": {"scrapeAnnotations": False}},
         "models": {"models": {"volume": {"persistentVolumeClaim": {"claimName": "ringrl-models"}}}},
+        "existing-secret": {"auth": {"existingSecret": "my-ringrl-secrets", "metricsOpen": True}},
     }
 
 

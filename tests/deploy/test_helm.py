@@ -57,7 +57,7 @@ WORKLOADS = {"rollout": "Deployment", "reward": "Deployment", "learner": "Statef
 def test_default_objects() -> None:
     objs = _objs({})
     assert set(objs) == {
-        ("ConfigMap", "demo-ringrl-config"),
+        ("ConfigMap", "demo-ringrl-config"), ("Secret", "demo-ringrl-secrets"),
         ("Service", "demo-ringrl-redis"), ("StatefulSet", "demo-ringrl-redis"),
         ("Service", "demo-ringrl-rollout"), ("Deployment", "demo-ringrl-rollout"),
         ("Service", "demo-ringrl-reward"), ("Deployment", "demo-ringrl-reward"),
@@ -77,15 +77,18 @@ def test_default_objects() -> None:
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_parts_probe_liveness_and_readiness_and_carry_resources(variant: str) -> None:
     objs = _objs(VARIANTS[variant])
-    paths = {"startupProbe": "/healthz", "readinessProbe": "/readyz", "livenessProbe": "/healthz"}
     for part, kind in WORKLOADS.items():
         c = _container(objs, kind, part)
         assert c["args"] == ["serve", part, "/etc/ringrl/run.yaml"]
-        for probe, path in paths.items():
-            assert c[probe]["httpGet"] == {"path": path, "port": "http"}, (part, probe)
+        for probe in ("startupProbe", "livenessProbe"):  # open: liveness needs no secret
+            assert c[probe]["httpGet"] == {"path": "/healthz", "port": "http"}, (part, probe)
         assert c["resources"]["requests"] and c["resources"]["limits"]
         port = {p["name"]: p["containerPort"] for p in c["ports"]}["http"]
+        # /readyz needs the token: the image's probe script sends the file HEALTHCHECK_TOKEN_FILE names.
+        assert c["readinessProbe"]["exec"]["command"] == [
+            "python3", "/usr/local/bin/ringrl-healthcheck", f"http://127.0.0.1:{port}/readyz"], part
         env = container_env(c)
+        assert env["HEALTHCHECK_TOKEN_FILE"] == env["RINGRL_AUTH__TOKEN_FILE"], part
         served = env.get(f"RINGRL_{part.upper()}__PORT") or env.get(f"RINGRL_{part.upper()}__HTTP_PORT")
         assert served == str(port), f"{part} serves on the port its probe uses"
 
@@ -286,3 +289,95 @@ def test_config_map_holds_the_run_config() -> None:
     run = yaml.safe_load(cm["data"]["run.yaml"])
     # A user's runConfig merges over the chart's defaults, as Helm merges values.
     assert run["run"] == {"name": "exp7"} and run["reward"]["workers"] == 1
+
+
+PASSWORDS = {"learner": "pw-l", "rollout": "pw-r", "reward": "pw-w", "driver": "pw-d", "probe": "pw-p"}
+
+
+def _secret_data(objs: dict[tuple[str, str], dict[str, Any]]) -> dict[str, str]:
+    import base64
+
+    return {k: base64.b64decode(v).decode() for k, v in objs[("Secret", "demo-ringrl-secrets")]["data"].items()}
+
+
+def test_redis_acl_is_the_one_init_secrets_writes() -> None:
+    """The chart renders the ACL file from its own passwords: byte for byte protocol.redis_acl's."""
+    from protocol.redis_acl import users_acl
+
+    data = _secret_data(_objs({"auth": {"apiToken": "tok", "adminToken": "adm", "redisPasswords": PASSWORDS}}))
+    assert data["users.acl"] == users_acl(PASSWORDS)
+    assert (data["api-token"], data["admin-token"]) == ("tok", "adm")
+    assert {k: data[f"redis-{k}"] for k in PASSWORDS} == PASSWORDS
+
+
+def test_secrets_are_generated_when_not_given() -> None:
+    from protocol.redis_acl import users_acl
+
+    data = _secret_data(_objs({}))
+    keys = ["api-token", "admin-token", *(f"redis-{k}" for k in PASSWORDS)]
+    assert sorted(data) == sorted([*keys, "users.acl"])
+    assert all(len(data[k]) == 43 and data[k].isalnum() for k in keys)
+    assert len({data[k] for k in keys}) == len(keys)  # no two parts share a secret
+    assert data["users.acl"] == users_acl({k: data[f"redis-{k}"] for k in PASSWORDS})
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_each_part_mounts_only_its_own_secrets(variant: str) -> None:
+    """Each pod gets the keys of its folder in `ringrl init-secrets`' layout, under the same file
+    names, and its env names files there; Redis loads the ACL file and probes as `probe`."""
+    from cli.commands.init_secrets import layout
+    from protocol.redis_acl import PARTS
+
+    values = VARIANTS[variant]
+    objs = _objs(values)
+    secret = (values.get("auth") or {}).get("existingSecret") or "demo-ringrl-secrets"
+    assert (("Secret", "demo-ringrl-secrets") in objs) == (secret == "demo-ringrl-secrets")
+    plan = layout(PARTS)
+    for part in PARTS:
+        volume = _volume(objs, part, "secrets")
+        assert volume is not None and volume["secret"]["secretName"] == secret
+        assert volume["secret"]["defaultMode"] == 0o440
+        files = {i["path"]: i["key"] for i in volume["secret"]["items"]}
+        assert set(files) == set(plan[part]), part
+        assert files["redis-password"] == f"redis-{part}"
+        c = _container(objs, WORKLOADS[part], part)
+        assert {"name": "secrets", "mountPath": "/run/secrets/ringrl", "readOnly": True} in c["volumeMounts"]
+        env = container_env(c)
+        assert env["RINGRL_REDIS__USERNAME"] == part
+        assert env["RINGRL_AUTH__METRICS_OPEN"] == ("true" if variant == "existing-secret" else "false")
+        named = [env["RINGRL_AUTH__TOKEN_FILE"], env["RINGRL_REDIS__PASSWORD_FILE"]]
+        named += [env["RINGRL_AUTH__ADMIN_TOKEN_FILE"]] if part == "rollout" else []
+        assert all(f.startswith("/run/secrets/ringrl/") and f.rsplit("/", 1)[1] in files for f in named), part
+        assert ("RINGRL_AUTH__ADMIN_TOKEN_FILE" in env) == (part == "rollout")
+    if ("StatefulSet", "demo-ringrl-redis") in objs:
+        redis = next(containers(objs[("StatefulSet", "demo-ringrl-redis")]))
+        pod = objs[("StatefulSet", "demo-ringrl-redis")]["spec"]["template"]["spec"]
+        (volume,) = [v for v in pod["volumes"] if v["name"] == "secrets"]
+        assert {i["path"]: i["key"] for i in volume["secret"]["items"]} == {
+            "users.acl": "users.acl", "probe-password": "redis-probe"}
+        assert set(plan["redis"]) == {"users.acl", "probe-password"}
+        assert redis["args"][redis["args"].index("--aclfile") + 1] == "/run/secrets/ringrl/users.acl"
+        probe = redis["readinessProbe"]["exec"]["command"]
+        assert probe[:2] == ["sh", "-c"] and "--user probe" in probe[2]
+        assert '"$(cat /run/secrets/ringrl/probe-password)"' in probe[2]
+
+
+def test_rollout_accepts_weights_from_the_learner_service() -> None:
+    """Engines take weight URLs only from rollout.weight_hosts, by default the learner's hosts:
+    in the chart that is the learner's Service, where the rollout pods pull from."""
+    from protocol.config import parse_config
+    from protocol.config.run_config import weight_hosts
+    from protocol.config.train import TrainConfig
+
+    env = container_env(_container(_objs({}), "Deployment", "rollout"))
+    cfg = parse_config({}, "helm", env={k: v for k, v in env.items() if k.startswith("RINGRL_")}, model=TrainConfig)
+    assert cfg.learner.public_url == "http://demo-ringrl-learner:8002"  # where the learner's versions are
+    assert "demo-ringrl-learner" in weight_hosts(cfg)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("password", ["has space", "tab\tin", "non-ascii-é"])
+def test_a_redis_password_that_breaks_the_acl_file_fails(password: str) -> None:
+    import helm_python as helm
+
+    with pytest.raises(helm.HelmError, match="redis-learner must be one word of printable ASCII"):
+        render({"auth": {"redisPasswords": {"learner": password}}})

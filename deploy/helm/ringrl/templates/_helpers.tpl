@@ -102,20 +102,25 @@ prometheus.io/path: /metrics
 {{- end -}}
 {{- end -}}
 
-{{/* Probes on the named port "http": /healthz is liveness (restart me), /readyz readiness (do not
-send me work now: Redis unreachable, a worker down). */}}
+{{/* Probes: /healthz is liveness (restart me) and open; /readyz is readiness (do not send me work
+now: Redis unreachable, a worker down) and needs the API token, which an httpGet probe cannot read
+from a file, so readiness runs the image's probe script with the token
+(HEALTHCHECK_TOKEN_FILE, ringrl.authEnv). (dict "root" $ "port" .Values.ports.rollout) */}}
 {{- define "ringrl.probes" -}}
 startupProbe:
   httpGet: {path: /healthz, port: http}
-  periodSeconds: {{ .Values.probes.periodSeconds }}
-  failureThreshold: {{ .Values.probes.startupFailureThreshold }}
+  periodSeconds: {{ .root.Values.probes.periodSeconds }}
+  failureThreshold: {{ .root.Values.probes.startupFailureThreshold }}
 readinessProbe:
-  httpGet: {path: /readyz, port: http}
-  periodSeconds: {{ .Values.probes.periodSeconds }}
+  exec:
+    command: [python3, /usr/local/bin/ringrl-healthcheck, {{ printf "http://127.0.0.1:%d/readyz" (int .port) | quote }}]
+  periodSeconds: {{ .root.Values.probes.periodSeconds }}
+  # A Python start per probe: a loaded node takes more than the default second.
+  timeoutSeconds: 5
   failureThreshold: 3
 livenessProbe:
   httpGet: {path: /healthz, port: http}
-  periodSeconds: {{ .Values.probes.periodSeconds }}
+  periodSeconds: {{ .root.Values.probes.periodSeconds }}
   failureThreshold: 6
 {{- end -}}
 
@@ -166,4 +171,66 @@ capabilities:
   {{- else }}
   emptyDir: {}
   {{- end }}
+{{- end -}}
+
+{{/* The release's secrets (templates/secret.yaml, or auth.existingSecret with the same keys). */}}
+{{- define "ringrl.secretName" -}}
+{{- .Values.auth.existingSecret | default (printf "%s-secrets" (include "ringrl.fullname" .)) -}}
+{{- end -}}
+
+{{/* The Redis ACL file for a dict of the Secret's values: byte for byte what
+     protocol.redis_acl.users_acl() writes for the same passwords (tests/deploy/test_helm.py holds
+     them equal), so `ringrl init-secrets` and the chart give Redis the same users and rules. */}}
+{{- define "ringrl.usersAcl" -}}
+user default off nopass resetkeys resetchannels nocommands
+{{ range $part := list "learner" "rollout" "reward" "driver" -}}
+user {{ $part }} on >{{ get $ (printf "redis-%s" $part) }} resetkeys ~ringrl:* resetchannels &ringrl:* nocommands +@read +@write +@stream +@hash +@set +@keyspace +@pubsub +@transaction +@connection +@scripting -@dangerous -@admin
+{{ end -}}
+user probe on >{{ get . "redis-probe" }} resetkeys resetchannels nocommands +ping
+{{ end -}}
+
+{{/* A part's folder of the Secret at /run/secrets/ringrl, laid out as `ringrl init-secrets` lays
+     out the part's folder; only that part's keys (items), so a part holds its own Redis login and
+     the API token, not the others'. (dict "root" $ "part" "rollout") */}}
+{{- define "ringrl.secretsVolume" -}}
+- name: secrets
+  secret:
+    secretName: {{ include "ringrl.secretName" .root }}
+    defaultMode: 0440
+    items:
+      {{- if eq .part "redis" }}
+      - {key: users.acl, path: users.acl}
+      - {key: redis-probe, path: probe-password}
+      {{- else }}
+      - {key: api-token, path: api-token}
+      - {key: {{ printf "redis-%s" .part }}, path: redis-password}
+      {{- if eq .part "rollout" }}
+      - {key: admin-token, path: admin-token}
+      {{- end }}
+      {{- end }}
+{{- end -}}
+
+{{- define "ringrl.secretsMount" -}}
+- name: secrets
+  mountPath: /run/secrets/ringrl
+  readOnly: true
+{{- end -}}
+
+{{/* What a ringrl server reads from its folder: the API token (required of its callers, sent to
+     the others, and sent by its readiness probe) and its own Redis login. (dict "root" $ "part" "rollout") */}}
+{{- define "ringrl.authEnv" -}}
+- name: RINGRL_AUTH__TOKEN_FILE
+  value: /run/secrets/ringrl/api-token
+- name: HEALTHCHECK_TOKEN_FILE
+  value: /run/secrets/ringrl/api-token
+{{- if eq .part "rollout" }}
+- name: RINGRL_AUTH__ADMIN_TOKEN_FILE
+  value: /run/secrets/ringrl/admin-token
+{{- end }}
+- name: RINGRL_AUTH__METRICS_OPEN
+  value: {{ .root.Values.auth.metricsOpen | quote }}
+- name: RINGRL_REDIS__USERNAME
+  value: {{ .part }}
+- name: RINGRL_REDIS__PASSWORD_FILE
+  value: /run/secrets/ringrl/redis-password
 {{- end -}}
