@@ -2,11 +2,14 @@
 
 The compose stack (deploy/compose/docker-compose.yaml: its commands, environments and run.yaml)
 runs natively with bench/stack.py, each part on its own host address in its own network namespace:
-Redis (AOF, fsync always), the `init-model` one-shot, one learner, two rollout servers, two reward
+Redis (AOF, fsync always), the `init-secrets` and `init-model` one-shots, one learner, two rollout servers, two reward
 services and the driver. While the driver runs two short stages, faults are injected at learner
 steps: SIGKILL of a reward service, of the learner, of a rollout server; a Redis restart; one
 rollout host's link cut; the learner stalled (SIGSTOP); the driver stopped and restarted. At the
 end every group is accounted for by id:
+
+The parts require the generated secrets as in compose (API token, one Redis login each); this
+scenario reads Redis as the driver's user and calls the APIs with the operator's token.
 
 - written: every id the rollout writers put on the rollouts stream (redis.audit's set);
 - read by the learner with a fate (groups.jsonl: buffered, filtered, stale; replays are
@@ -45,7 +48,7 @@ from protocol.streams import RunKeys
 COMPOSE_RUN = REPO / "deploy" / "compose" / "run.yaml"
 ROLLOUTS = ["rollout-0", "rollout-1"]
 REWARDS = ["reward-0", "reward-1"]
-HOSTS = ["redis", "init-model", "learner", *ROLLOUTS, *REWARDS, "driver"]
+HOSTS = ["init-secrets", "redis", "init-model", "learner", *ROLLOUTS, *REWARDS, "driver"]
 MAX_BACKLOG = 48
 
 
@@ -96,7 +99,7 @@ class Samples:
     backlog: list[int] = field(default_factory=list)  # rollouts + scored - held by the learner
     rollouts: list[int] = field(default_factory=list)
     scored: list[int] = field(default_factory=list)  # less what the learner holds
-    memory: list[int] = field(default_factory=list)
+    memory: list[int] = field(default_factory=list)  # Redis' resident set (a part's login may not INFO)
     engine_versions: dict[str, list[tuple[float, int]]] = field(default_factory=dict)
 
 
@@ -119,15 +122,31 @@ class Scenario:
         self._stop = threading.Event()
         self.stack: Stack | None = None
         self.r: redis.Redis | None = None
+        self.headers: dict[str, str] = {}
 
     # ---- plumbing -----------------------------------------------------------------------
+    def _secret(self, folder: str, name: str) -> str:
+        assert self.stack is not None
+        return (self.stack.volume("ringrl-secrets") / folder / name).read_text().strip()
+
     def _redis(self) -> redis.Redis:
-        """One client for the run (it reconnects by itself after the Redis restart)."""
+        """One client for the run (it reconnects by itself after the Redis restart), logged in as
+        the driver: it only reads the run's keys, which that user may."""
         if self.r is None:
             assert self.stack is not None
             self.r = redis.Redis(host=self.stack.address("redis"), port=6379, socket_timeout=3,
-                                 socket_connect_timeout=3)
+                                 socket_connect_timeout=3, username="driver",
+                                 password=self._secret("driver", "redis-password"))
         return self.r
+
+    def _redis_rss(self) -> int | None:
+        assert self.stack is not None
+        pid = self.stack.pid("redis")  # the namespace wrappers exec, so this is redis-server itself
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except (OSError, TypeError):
+            return None
+        return next((int(ln.split()[1]) * 1024 for ln in status.splitlines() if ln.startswith("VmRSS:")), None)
 
     def version(self) -> int:
         try:
@@ -139,7 +158,7 @@ class Scenario:
     def _http(self, host: str, port: int, path: str) -> dict[str, Any] | None:
         assert self.stack is not None
         try:
-            r = httpx.get(self.stack.url(host, port, path), timeout=3, trust_env=False)
+            r = httpx.get(self.stack.url(host, port, path), timeout=3, trust_env=False, headers=self.headers)
             return r.json() if r.status_code == 200 else None
         except (httpx.HTTPError, ValueError):
             return None
@@ -153,8 +172,7 @@ class Scenario:
                 pipe.hget(self.keys.learner_state, "version")
                 pipe.xlen(self.keys.rollouts)
                 pipe.xlen(self.keys.scored)
-                pipe.info("memory")
-                v, a, b, mem = pipe.execute()
+                v, a, b = pipe.execute()
                 held = r.xpending(self.keys.scored, "learner")["pending"] if b else 0
             except (redis.RedisError, OSError):
                 continue
@@ -163,7 +181,8 @@ class Scenario:
             s.backlog.append(int(a) + int(b) - int(held))
             s.rollouts.append(int(a))
             s.scored.append(int(b) - int(held))
-            s.memory.append(int(mem["used_memory"]))
+            if (rss := self._redis_rss()) is not None:
+                s.memory.append(rss)
             for host in ROLLOUTS:
                 w = self._http(host, 8000, "/v1/weights")
                 if w is not None:
@@ -182,7 +201,7 @@ class Scenario:
     def _wait_healthy(self, host: str, port: int, timeout: float = 300.0, path: str = "/readyz") -> float:
         assert self.stack is not None
         start = time.monotonic()
-        self.stack.wait_http(host, port, path=path, timeout=timeout)
+        self.stack.wait_http(host, port, path=path, timeout=timeout, headers=self.headers)
         return time.monotonic() - start
 
     # ---- faults -------------------------------------------------------------------------
@@ -262,8 +281,12 @@ class Scenario:
         with Stack(self.run_dir / "stack", hosts=HOSTS, run_yaml=self.config, extra_env=env,
                    redis_appendfsync="always") as st:
             self.stack = st
+            st.start("init-secrets")
+            if (code := st.wait("init-secrets", timeout=120)) != 0:
+                raise RuntimeError(f"init-secrets exited {code}:\n{st.log('init-secrets')[-3000:]}")
+            self.headers = {"Authorization": f"Bearer {self._secret('operator', 'api-token')}"}
             st.start("redis")
-            st.wait_tcp("redis", 6379)
+            st.wait_healthy("redis", timeout=60)
             t = time.monotonic()
             if self.model is not None:
                 shutil.copytree(self.model, st.run_dir / "volumes" / "ringrl-data" / "models" / "start")
@@ -413,7 +436,7 @@ and the stall, until the learner trains its next step.
 | response tokens trained twice | {report['tokens_trained_twice']} |
 | largest stream lengths seen: rollouts, scored (less what the learner holds); bound {report['max_backlog']} each | {report['max_rollouts_seen']}, {report['max_scored_seen']} |
 | largest sum of the two (new prompts wait while it is at {report['max_backlog']} or more) | {report['max_backlog_seen']} |
-| largest Redis memory | {report['redis_memory_max_mb']:.1f} MB |
+| largest Redis memory (RSS) | {report['redis_memory_max_mb']:.1f} MB |
 | learner's final version (steps planned {report['total_steps']}) | {report['final_version']} |
 | every rollout server on that version within (s, after the driver finished) | {_seconds(report['converged_s'])} |
 | exit codes on SIGTERM at the end | {report['exit_codes']} |

@@ -36,16 +36,24 @@ Translation of the compose file (``ComposeProject.plan``): ``command``/``entrypo
 Paths inside the container's filesystem are rewritten to host paths:
 
 * a named volume (``ringrl-data:/data``) is ``<run_dir>/volumes/<name>``, shared by every host
-  that mounts it (as compose shares it between containers);
+  that mounts it (as compose shares it between containers); the long syntax's ``volume.subpath``
+  mounts ``<run_dir>/volumes/<name>/<subpath>`` instead (one part's folder of the secrets volume);
 * a bind-mounted file (``./run.yaml:/etc/ringrl/run.yaml``) is copied, with its own container
   paths rewritten, to ``<run_dir>/hosts/<host>/fs/<target>``; a bind-mounted directory is used in
   place;
 * the image's WORKDIR when no volume covers it (reward's ``/data``: in the container a private
-  directory) is ``<run_dir>/hosts/<host>/fs/<workdir>``.
+  directory) is ``<run_dir>/hosts/<host>/fs/<workdir>``;
+* a file the image's Dockerfile COPYs from this repository to an absolute path
+  (``/usr/local/bin/ringrl-healthcheck``) is that repository file.
+
+``Stack.healthcheck`` runs a service's compose ``healthcheck`` test (``CMD`` or ``CMD-SHELL``, paths
+rewritten, the service's environment) on its host, as Docker would inside the container;
+``wait_healthy`` polls it.
 
 Not translated: ``user``/``cap_add``/``cap_drop`` (every process runs as the caller, root; the
 plan records them), ports (every host has its own address, so container ports are used as they
-are), healthchecks, restart policies and ``depends_on`` (the caller orders starts and waits).
+are), restart policies and ``depends_on`` (the caller orders starts and waits: one-shot services
+such as ``init-secrets`` and ``init-model`` first, with ``wait``).
 """
 
 from __future__ import annotations
@@ -105,6 +113,8 @@ class ImageDefaults:
     entrypoint: tuple[str, ...] = ()
     workdir: str | None = None
     env: Mapping[str, str] = field(default_factory=dict)
+    files: Mapping[str, Path] = field(default_factory=dict)
+    """Absolute container path -> the build-context file COPYed there."""
 
 
 # Images that are not built from this repository: what their Dockerfile would tell us.  The
@@ -129,6 +139,8 @@ class LaunchPlan:
     env: Mapping[str, str]
     cwd: Path
     paths: Mapping[str, Path]
+    # The compose healthcheck's test as a native argv (None: the service has none).
+    healthcheck: tuple[str, ...] | None = None
     # Recorded, not applied natively (see the module docstring).
     user: str | None = None
     cap_add: tuple[str, ...] = ()
@@ -186,14 +198,16 @@ def _argv(value: Any) -> list[str]:
     return [_scalar(v) for v in value]
 
 
-def parse_dockerfile(path: Path) -> ImageDefaults:
-    """ENTRYPOINT, WORKDIR and literal ENV of a Dockerfile's final stage (what the image runs)."""
+def parse_dockerfile(path: Path, context: Path | None = None) -> ImageDefaults:
+    """ENTRYPOINT, WORKDIR, literal ENV and the single files COPYed from `context` to absolute paths,
+    of a Dockerfile's final stage (what the image runs)."""
     text = re.sub(r"\\\n", " ", path.read_text())
     lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
     last_from = max((i for i, ln in enumerate(lines) if ln.upper().startswith("FROM ")), default=-1)
     entrypoint: tuple[str, ...] = ()
     workdir: str | None = None
     env: dict[str, str] = {}
+    files: dict[str, Path] = {}
     for line in lines[last_from + 1:]:
         word, _, rest = line.partition(" ")
         word, rest = word.upper(), rest.strip()
@@ -210,7 +224,11 @@ def parse_dockerfile(path: Path) -> ImageDefaults:
                 # PATH and anything built from other variables describe the image's own layout.
                 if key != "PATH" and "$" not in value:
                     env[key] = value
-    return ImageDefaults(entrypoint=entrypoint, workdir=workdir, env=env)
+        elif word == "COPY" and context is not None and not rest.startswith("--"):
+            sources = shlex.split(rest)
+            if len(sources) == 2 and sources[1].startswith("/") and (context / sources[0]).is_file():
+                files[sources[1]] = context / sources[0]
+    return ImageDefaults(entrypoint=entrypoint, workdir=workdir, env=env, files=files)
 
 
 @dataclass(frozen=True)
@@ -219,6 +237,7 @@ class _Mount:
     kind: str  # "volume" (named), "bind", "anonymous" (anonymous volume or tmpfs)
     source: str | None
     read_only: bool
+    subpath: str | None = None  # long syntax: volume.subpath, a folder inside the named volume
 
 
 def _mounts(svc: Mapping[str, Any]) -> list[_Mount]:
@@ -229,7 +248,10 @@ def _mounts(svc: Mapping[str, Any]) -> list[_Mount]:
             source = vol.get("source")
             if kind == "volume" and not source:
                 kind = "anonymous"
-            out.append(_Mount(vol["target"], kind, source, bool(vol.get("read_only"))))
+            subpath = (vol.get("volume") or {}).get("subpath") if kind == "volume" else None
+            if subpath is not None and (Path(subpath).is_absolute() or ".." in Path(subpath).parts):
+                raise ValueError(f"volume subpath {subpath!r} must stay inside volume {source}")
+            out.append(_Mount(vol["target"], kind, source, bool(vol.get("read_only")), subpath))
             continue
         parts = str(vol).split(":")
         if len(parts) == 1:
@@ -301,7 +323,7 @@ class ComposeProject:
         if build:
             build = {"context": build} if isinstance(build, str) else build
             context = (self.dir / build.get("context", ".")).resolve()
-            return parse_dockerfile(context / build.get("dockerfile", "Dockerfile"))
+            return parse_dockerfile(context / build.get("dockerfile", "Dockerfile"), context)
         image = str(svc.get("image", ""))
         repo = image.rsplit("/", 1)[-1].split("@")[0].split(":")[0]
         return KNOWN_IMAGES.get(repo, ImageDefaults())
@@ -339,6 +361,22 @@ class ComposeProject:
             return program
         raise FileNotFoundError(f"no native program for {program!r} (not in {self.venv}/bin or PATH)")
 
+    def _healthcheck(self, svc: Mapping[str, Any], paths: Mapping[str, Path], ours: bool) -> tuple[str, ...] | None:
+        """The service's healthcheck test as a native argv: ``CMD`` runs its argv (the program
+        resolved as the service's own), ``CMD-SHELL`` (or a plain string) runs under /bin/sh."""
+        check = svc.get("healthcheck") or {}
+        test = check.get("test")
+        if check.get("disable") or not test or test == ["NONE"]:
+            return None
+        if isinstance(test, str):
+            test = ["CMD-SHELL", test]
+        kind, args = test[0], [rewrite_paths(_scalar(a), paths) for a in test[1:]]
+        if kind == "CMD-SHELL":
+            return ("/bin/sh", "-c", " ".join(args))
+        if kind != "CMD" or not args:
+            raise ValueError(f"healthcheck test {test!r}: expected CMD or CMD-SHELL")
+        return (self.resolve_program(args[0], venv_first=ours), *args[1:])
+
     def plan(self, service: str, host: str, run_dir: Path, *, address: str = "",
              args_override: Sequence[str] | None = None,
              env_override: Mapping[str, str] | None = None,
@@ -360,7 +398,7 @@ class ComposeProject:
         copies: list[tuple[Path, Path]] = []  # (source, destination) of bind-mounted files
         for m in _mounts(svc):
             if m.kind == "volume":
-                paths[m.target] = run_dir / "volumes" / str(m.source)
+                paths[m.target] = run_dir / "volumes" / str(m.source) / (m.subpath or "")
                 paths[m.target].mkdir(parents=True, exist_ok=True)
             elif m.kind == "bind":
                 source = self.mounts.get(m.target) or (self.dir / os.path.expanduser(str(m.source))).resolve()
@@ -377,6 +415,8 @@ class ComposeProject:
         for target, source in self.mounts.items():
             if target not in paths:  # a mount the caller adds that compose does not have
                 paths[target] = source
+        for target, source in image.files.items():
+            paths.setdefault(target, source)
         workdir = svc.get("working_dir") or image.workdir
         if workdir and not any(workdir == t or workdir.startswith(t.rstrip("/") + "/") for t in paths):
             # Inside the container the image's WORKDIR is a private directory of its own.
@@ -425,7 +465,7 @@ class ComposeProject:
         env.update(extra_env or {})
         env.update({k: rewrite_paths(str(v), paths) for k, v in (env_override or {}).items()})
         return LaunchPlan(service=service, host=host, argv=tuple(argv), env=env, cwd=cwd,
-                          paths=paths, user=str(svc["user"]) if "user" in svc else None,
+                          paths=paths, healthcheck=self._healthcheck(svc, paths, ours), user=str(svc["user"]) if "user" in svc else None,
                           cap_add=tuple(svc.get("cap_add") or ()), cap_drop=tuple(svc.get("cap_drop") or ()))
 
 
@@ -829,6 +869,36 @@ class Stack:
         return {"PATH": f"{self.project.venv / 'bin'}:{os.environ.get('PATH', '/usr/bin:/bin')}",
                 "HOME": os.environ.get("HOME", "/root")}
 
+    def volume(self, name: str) -> Path:
+        """Where the compose named volume `name` lives on this machine (e.g. ``ringrl-secrets``)."""
+        return self.run_dir / "volumes" / name
+
+    def healthcheck(self, host: str, timeout: float = 30.0) -> int:
+        """Run the compose healthcheck of what `host` runs, on `host` with its environment (as
+        Docker runs it inside the container); its exit code."""
+        managed = self._procs.get(host)
+        spec = managed.spec if managed is not None else _StartSpec()
+        if spec.raw_argv is not None:
+            raise RuntimeError(f"{host} runs a spawned command, not a compose service")
+        plan = self.plan(host, spec.service, spec.args_override, spec.env)
+        if plan.healthcheck is None:
+            raise ValueError(f"{plan.service}: no healthcheck in the compose file")
+        try:
+            return self.exec(host, plan.healthcheck, timeout=timeout, env=plan.env).returncode
+        except subprocess.TimeoutExpired:
+            return 124
+
+    def wait_healthy(self, host: str, timeout: float = 120.0, interval: float = 0.5) -> None:
+        """Until `host`'s compose healthcheck passes (compose's `service_healthy`)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if (why := self._died(host)) is not None:
+                raise RuntimeError(why)
+            if self.healthcheck(host, timeout=max(1.0, min(30.0, deadline - time.monotonic()))) == 0:
+                return
+            time.sleep(interval)
+        raise TimeoutError(f"{host}: healthcheck not passing after {timeout}s; log tail:\n{self.log(host)[-3000:]}")
+
     def log_path(self, host: str) -> Path:
         return self.run_dir / "logs" / f"{host}.log"
 
@@ -971,8 +1041,10 @@ class Stack:
             time.sleep(0.1)
         raise TimeoutError(f"{host}:{port} not accepting after {timeout}s ({last!r})")
 
-    def wait_http(self, host: str, port: int, path: str = "/healthz", timeout: float = 120.0) -> Any:
+    def wait_http(self, host: str, port: int, path: str = "/healthz", timeout: float = 120.0,
+                  headers: Mapping[str, str] | None = None) -> Any:
         """GET `path` on `host` from the root namespace until it answers 2xx; the httpx.Response.
+        `headers` go with every request (``Authorization`` for /readyz when the parts need a token).
 
         Proxies from the environment are ignored (a proxy cannot reach this private subnet);
         callers using httpx themselves should pass ``trust_env=False`` for the same reason.
@@ -981,7 +1053,7 @@ class Stack:
 
         deadline = time.monotonic() + timeout
         last: object = None
-        with httpx.Client(trust_env=False) as client:
+        with httpx.Client(trust_env=False, headers=dict(headers or {})) as client:
             while time.monotonic() < deadline:
                 if (why := self._died(host)) is not None:
                     raise RuntimeError(why)

@@ -198,6 +198,59 @@ def test_redis_launch_mirrors_compose(tmp_path: Path) -> None:
     assert args[args.index("--appendonly") + 1] == "yes"
     assert args[args.index("--appendfsync") + 1] == "always"
     assert args[args.index("--dir") + 1] == str(tmp_path / "volumes" / "redis-data")
+    # Its folder of the secrets volume (volume.subpath), where init-secrets writes the ACL file.
+    secrets = tmp_path / "volumes" / "ringrl-secrets" / "redis"
+    assert args[args.index("--aclfile") + 1] == str(secrets / "users.acl")
+    assert plan.healthcheck is not None and plan.healthcheck[:2] == ("/bin/sh", "-c")
+    assert f'"$(cat {secrets}/probe-password)"' in plan.healthcheck[2]
+
+
+def test_secrets_mount_only_the_parts_folder(tmp_path: Path) -> None:
+    """The long volume syntax with volume.subpath: each part sees its own folder of ringrl-secrets
+    where the container has /run/secrets/ringrl, and its env names files there; the ringrl
+    healthcheck is the repository's script (the image COPYs it)."""
+    stack = Stack(tmp_path, hosts=["init-secrets", "rollout", "learner"])
+    volume = stack.volume("ringrl-secrets")
+    assert stack.plan("init-secrets").argv[1:] == ("init-secrets", str(volume))
+    rollout = stack.plan("rollout")
+    assert rollout.paths["/run/secrets/ringrl"] == volume / "rollout"
+    assert rollout.env["RINGRL_AUTH__TOKEN_FILE"] == str(volume / "rollout" / "api-token")
+    assert rollout.env["RINGRL_AUTH__ADMIN_TOKEN_FILE"] == str(volume / "rollout" / "admin-token")
+    assert rollout.env["RINGRL_REDIS__USERNAME"] == "rollout"
+    assert stack.plan("learner").env["RINGRL_REDIS__PASSWORD_FILE"] == str(volume / "learner" / "redis-password")
+    healthcheck = stack.plan("learner").healthcheck
+    assert healthcheck is not None and Path(healthcheck[0]).name == "python3"
+    assert healthcheck[1] == str(Path(__file__).resolve().parents[2] / "deploy" / "docker" / "healthcheck.py")
+
+
+def test_subpath_cannot_leave_its_volume(tmp_path: Path) -> None:
+    compose = tmp_path / "docker-compose.yaml"
+    compose.write_text(yaml.safe_dump({"services": {"x": {"image": "busybox", "command": ["true"], "volumes": [
+        {"type": "volume", "source": "v", "target": "/s", "volume": {"subpath": "../other"}}]}}}))
+    with pytest.raises(ValueError, match="inside volume v"):
+        ComposeProject(compose).plan("x", "x", tmp_path / "run")
+
+
+@NEEDS_NETNS
+@pytest.mark.timeout(120)
+def test_redis_with_the_generated_acl(tmp_path: Path) -> None:
+    """init-secrets run natively, then Redis from its ACL file: the compose healthcheck passes (as
+    `probe`), a part logs in with its own password and reaches only ringrl:* keys, and a client
+    without a login is refused."""
+    with Stack(tmp_path, hosts=["init-secrets", "redis", "learner"]) as stack:
+        stack.start("init-secrets")
+        assert stack.wait("init-secrets", timeout=60) == 0, stack.log("init-secrets")
+        stack.start("redis")
+        stack.wait_healthy("redis", timeout=30)
+        password = (stack.volume("ringrl-secrets") / "learner" / "redis-password").read_text().strip()
+        login = ["redis-cli", "-h", "redis", "--no-auth-warning", "--user", "learner", "--pass", password]
+        assert stack.exec("learner", [*login, "set", "ringrl:k", "v"], check=True).stdout.strip() == "OK"
+        assert "NOPERM" in stack.exec("learner", [*login, "set", "other", "v"]).stdout
+        assert "NOPERM" in stack.exec("learner", [*login, "config", "get", "dir"]).stdout
+        anonymous = stack.exec("learner", ["redis-cli", "-h", "redis", "get", "ringrl:k"]).stdout
+        assert "v" not in anonymous.split() and ("NOAUTH" in anonymous or "NOPERM" in anonymous), anonymous
+        (stack.volume("ringrl-secrets") / "redis" / "probe-password").write_text("wrong\n")
+        assert stack.healthcheck("redis") != 0
 
 
 # ---- the network (root) ------------------------------------------------------------------------
@@ -206,13 +259,18 @@ def test_redis_launch_mirrors_compose(tmp_path: Path) -> None:
 @NEEDS_NETNS
 @pytest.mark.timeout(120)
 def test_three_hosts(tmp_path: Path) -> None:
-    with Stack(tmp_path, hosts=["redis", "a", "b"], redis_appendfsync="always") as stack:
+    with Stack(tmp_path, hosts=["redis", "a", "b", "init-secrets"], redis_appendfsync="always") as stack:
         prefix = stack.prefix
-        assert set(leftovers(prefix)["netns"]) == {f"{prefix}-redis", f"{prefix}-a", f"{prefix}-b", f"{prefix}_hub"}
+        assert set(leftovers(prefix)["netns"]) == {f"{prefix}-{h}" for h in ("redis", "a", "b", "init-secrets")} | {
+            f"{prefix}_hub"}
 
+        stack.start("init-secrets")  # Redis reads its ACL file from what this one-shot writes
+        assert stack.wait("init-secrets", timeout=60) == 0, stack.log("init-secrets")
         stack.start("redis")
         stack.wait_tcp("redis", 6379, timeout=20)
-        assert stack.exec("a", ["redis-cli", "-h", "redis", "ping"], check=True).stdout.strip() == "PONG"
+        password = (stack.volume("ringrl-secrets") / "driver" / "redis-password").read_text().strip()
+        cli = ["redis-cli", "-h", "redis", "--no-auth-warning", "--user", "driver", "--pass", password]
+        assert stack.exec("a", [*cli, "ping"], check=True).stdout.strip() == "PONG"
 
         code = ("import json, socket; print(json.dumps([socket.gethostname()]"
                 " + [socket.gethostbyname(n) for n in ('redis', 'b', 'a')]))")
@@ -220,12 +278,12 @@ def test_three_hosts(tmp_path: Path) -> None:
         assert resolved == ["a", stack.address("redis"), stack.address("b"), stack.address("a")]
 
         # Redis keeps what it acknowledged across a SIGKILL and a restart (AOF on its volume).
-        stack.exec("a", ["redis-cli", "-h", "redis", "set", "k", "v"], check=True)
+        stack.exec("a", [*cli, "set", "ringrl:k", "v"], check=True)
         assert stack.kill("redis") == -signal.SIGKILL
         assert not stack.alive("redis")
         stack.restart("redis")
         stack.wait_tcp("redis", 6379, timeout=20)
-        assert stack.exec("a", ["redis-cli", "-h", "redis", "get", "k"], check=True).stdout.strip() == "v"
+        assert stack.exec("a", [*cli, "get", "ringrl:k"], check=True).stdout.strip() == "v"
 
         # A server on b, reached from the test process by b's address.
         stack.spawn("b", [sys.executable, "-m", "http.server", "8080", "--bind", "0.0.0.0"])
