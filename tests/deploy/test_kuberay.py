@@ -82,3 +82,14 @@ def test_cluster_roles() -> None:
     mounts = {m["mountPath"] for m in head["containers"][0]["volumeMounts"]}
     assert "/etc/ringrl" in mounts
     assert head["volumes"][0]["configMap"]["name"] == docs["ConfigMap"]["metadata"]["name"]
+
+
+def test_ray_refuses_callers_without_the_token() -> None:
+    """The dashboard (its job API runs code), the GCS and the client port need Ray's token; the
+    head is reached only inside the cluster (port-forward for people)."""
+    cluster = next(d for d in kuberay_docs() if d["kind"] == "RayCluster")
+    assert cluster["spec"]["authOptions"] == {"mode": "token"}
+    head = cluster["spec"]["headGroupSpec"]
+    assert head.get("serviceType", "ClusterIP") == "ClusterIP" and not head.get("enableIngress")
+    major, minor = (int(x) for x in cluster["spec"]["rayVersion"].split(".")[:2])
+    assert (major, minor) >= (2, 52), "Ray's token authentication needs Ray 2.52+"
