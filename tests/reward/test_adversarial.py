@@ -269,3 +269,20 @@ def test_attack_fails_and_the_slot_stays_honest(sandbox: Sandbox, name: str) -> 
     assert check_program(sandbox, "a, b = map(int, input().split())\nprint(a + b)\n",
                          IO).status is S.correct
     assert check_program(sandbox, "print(6)\n", IO).status is S.wrong
+
+
+@pytest.mark.parametrize("backend", ["warm", "bwrap"])
+def test_without_a_cgroup_the_other_bounds_still_hold(backend: str) -> None:
+    """Where no cgroup can be made (`cgroup: off` stands in for a container that cannot), memory
+    spread over processes is bounded per process only, but no such run scores, and the slot
+    stays honest."""
+    sb = Sandbox(SandboxConfig(backend=backend, wall_s=3.0, cpu_s=2, memory_mb=256,
+                               cgroup="off"), slots=1)
+    try:
+        assert sb.cgroups == {}
+        for name in ("memory-spread-over-processes", "pipe-buffers-hoarded", "tmp-filled-in-files"):
+            program, ref, _ = ATTACKS[name]
+            assert check_program(sb, program, ref).status is not S.correct, name
+            assert check_program(sb, "def add(a, b):\n    return a + b\n", CALL).status is S.correct
+    finally:
+        sb.close()

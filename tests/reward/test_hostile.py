@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import secrets
 import socket
+import struct
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
+from protocol.config.reward import SandboxConfig
 from protocol.schema import (
     CodeReference,
     IOTest,
@@ -19,6 +22,8 @@ from protocol.schema import (
     VerdictStatus,
 )
 from reward_service.code_verifier import check_program
+from reward_service.sandbox import Sandbox
+from reward_service.sandbox.server import REPLY_FORMAT
 from reward_service.scorer import Item, Scorer
 from tests.reward.conftest import BACKENDS
 
@@ -265,3 +270,31 @@ def test_warm_sandbox_is_rebuilt_after_a_kill(scorer: Scorer) -> None:
     assert before.isdisjoint(after) and len(after) == len(before)
     assert [p for p in before if p in _live_pids()] == []
     _still_answers(scorer)
+
+
+def test_a_reply_not_bound_to_the_run_rebuilds_the_slot() -> None:
+    """A reply on the control channel that does not carry the run's nonce — what a program that
+    reached the channel could forge — is refused: the run fails and the slot gets a new sandbox.
+    The forger here is the test itself (root takes the fork server's end of the socket, which
+    seccomp and non-dumpability deny to programs)."""
+    sb = Sandbox(SandboxConfig(backend="warm", wall_s=3.0, cpu_s=2), slots=1)
+    try:
+        (slot,) = sb._warm.values()
+        server = slot.pids[1]
+        socks = [int(fd.name) for fd in Path(f"/proc/{server}/fd").iterdir()
+                 if os.readlink(fd).startswith("socket:")]
+        assert len(socks) == 1
+        libc = ctypes.CDLL(None, use_errno=True)
+        pidfd = os.pidfd_open(server)
+        stolen = libc.syscall(438, pidfd, socks[0], 0)  # pidfd_getfd
+        os.close(pidfd)
+        assert stolen >= 0, ctypes.get_errno()
+        os.write(stolen, struct.pack(REPLY_FORMAT, bytes(16), 0, 0, 1))  # a forged "exit 0"
+        os.close(stolen)
+        before = sb.resident_pids()
+        verdict = check_program(sb, "print('ok')", ONLY_OK)
+        assert verdict.status is not S.correct, verdict
+        assert sb.resident_pids().isdisjoint(before)
+        assert check_program(sb, "print('ok')", ONLY_OK).status is S.correct
+    finally:
+        sb.close()
