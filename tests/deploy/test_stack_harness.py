@@ -257,6 +257,31 @@ def test_redis_with_the_generated_acl(tmp_path: Path) -> None:
 
 
 @NEEDS_NETNS
+@pytest.mark.timeout(240)
+def test_a_part_from_compose_uses_its_own_secrets(tmp_path: Path) -> None:
+    """The reward service as compose starts it, natively: its compose healthcheck passes, it is
+    ready only once logged in to Redis as its own ACL user (from its folder of the secrets
+    volume), and /readyz and /metrics refuse a caller without the operator's token."""
+    with Stack(tmp_path, hosts=["init-secrets", "redis", "reward"], extra_env={"OMP_NUM_THREADS": "1"}) as stack:
+        stack.start("init-secrets")
+        assert stack.wait("init-secrets", timeout=60) == 0, stack.log("init-secrets")
+        stack.start("redis")
+        stack.wait_healthy("redis", timeout=30)
+        stack.start("reward")
+        stack.wait_healthy("reward", timeout=180)
+        token = (stack.volume("ringrl-secrets") / "operator" / "api-token").read_text().strip()
+        ready = stack.wait_http("reward", 8001, "/readyz", timeout=120, headers={"Authorization": f"Bearer {token}"})
+        assert ready.json()["redis"] is True
+        for path in ("/readyz", "/metrics"):
+            assert httpx.get(stack.url("reward", 8001, path), timeout=5, trust_env=False).status_code == 401
+        password = (stack.volume("ringrl-secrets") / "reward" / "redis-password").read_text().strip()
+        clients = stack.exec("redis", ["redis-cli", "--no-auth-warning", "--user", "reward", "--pass", password,
+                                       "client", "list"]).stdout
+        assert "NOPERM" in clients  # a part may not list the others' connections (CLIENT is admin)
+        assert token not in stack.log("reward") and password not in stack.log("reward")
+
+
+@NEEDS_NETNS
 @pytest.mark.timeout(120)
 def test_three_hosts(tmp_path: Path) -> None:
     with Stack(tmp_path, hosts=["redis", "a", "b", "init-secrets"], redis_appendfsync="always") as stack:
