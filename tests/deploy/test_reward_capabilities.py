@@ -31,6 +31,7 @@ import pytest
 from tests.conftest import free_port
 from tests.deploy.manifests import (
     COMPOSE_RUN,
+    SECRETS_DIR,
     by_kind_name,
     compose,
     compose_env,
@@ -204,7 +205,12 @@ def test_reward_server_scores_under_exactly_the_granted_capabilities(
     # The service's own config and env, as the container gets them; only where it listens, the
     # sandbox's wall limit and slot uids, and TMPDIR are this test's.
     env = {k: v for k, v in os.environ.items() if not k.startswith("RINGRL_")}
-    env |= {k: v for k, v in compose_env("reward").items() if k.startswith("RINGRL_")}
+    # Its folder of init-secrets' output where the container mounts it (the token it requires).
+    secrets = tmp_path / "secrets"
+    subprocess.run([venv_tool("ringrl"), "init-secrets", str(secrets)], check=True, capture_output=True, timeout=60)
+    env |= {k: v.replace(SECRETS_DIR, str(secrets / "reward"))
+            for k, v in compose_env("reward").items() if k.startswith("RINGRL_")}
+    auth = {"Authorization": f"Bearer {(secrets / 'reward' / 'api-token').read_text().strip()}"}
     env |= {"RINGRL_REWARD__HOST": "127.0.0.1", "RINGRL_REWARD__PORT": str(port),
             "RINGRL_REWARD__SANDBOX__WALL_S": str(WALL_S),
             "RINGRL_REWARD__SANDBOX__UID_BASE": str(UID_BASE), "TMPDIR": str(sandbox_tmp),
@@ -226,7 +232,7 @@ def test_reward_server_scores_under_exactly_the_granted_capabilities(
         while True:
             assert proc.poll() is None, f"reward server exited {proc.returncode}:\n{logged()}"
             try:
-                health = httpx.get(f"{url}/healthz", timeout=5)
+                health = httpx.get(f"{url}/healthz", timeout=5, headers=auth)  # with it: the whole body
                 if health.status_code == 200:
                     break
             except httpx.TransportError:
@@ -246,7 +252,7 @@ def test_reward_server_scores_under_exactly_the_granted_capabilities(
         limit = 4 * WALL_S + 10
         try:
             r = httpx.post(f"{url}/v1/score", json={"items": [item for item, _ in ITEMS]},
-                           timeout=limit)
+                           timeout=limit, headers=auth)
         except httpx.TimeoutException:
             pytest.fail(f"no scores within {limit} s: the sleeping program was not killed at its "
                         f"wall-clock limit\n{logged()}")
