@@ -38,7 +38,7 @@ NEEDS_NETNS = pytest.mark.skipif(
 def _container_paths(values: list[str]) -> list[str]:
     """Values still naming the container's filesystem as a path (a native process cannot open
     it); ``http://learner:8002`` and the like do not count."""
-    return [v for v in values if re.search(r"(?<![\w./-])(/data|/etc/ringrl)(?=$|/|[^\w.-])", v)]
+    return [v for v in values if re.search(r"(?<![\w./-])(/data|/etc/ringrl|/run/secrets)(?=$|/|[^\w.-])", v)]
 
 
 # ---- compose translation (no root) -------------------------------------------------------------
@@ -115,7 +115,8 @@ def test_every_service_built_here_translates(tmp_path: Path) -> None:
     for name in built:
         plan = project.plan(name, name, tmp_path)
         assert Path(plan.argv[0]).is_file(), plan.argv
-        assert not _container_paths(list(plan.argv) + list(plan.env.values())), (name, plan)
+        assert not _container_paths(list(plan.argv) + list(plan.env.values()) + list(plan.healthcheck or ())), (
+            name, plan)
     n = project.replicas("reward")
     assert project.host_names(["redis", "reward"]) == ["redis"] + (
         [f"reward-{i}" for i in range(n)] if n > 1 else ["reward"])
