@@ -144,7 +144,7 @@ class Scenario:
         pid = self.stack.pid("redis")  # the namespace wrappers exec, so this is redis-server itself
         try:
             status = Path(f"/proc/{pid}/status").read_text()
-        except (OSError, TypeError):
+        except OSError:  # not running (restarting)
             return None
         return next((int(ln.split()[1]) * 1024 for ln in status.splitlines() if ln.startswith("VmRSS:")), None)
 
