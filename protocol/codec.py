@@ -17,10 +17,12 @@ from protocol.schema import (
     TaskKind,
     Verdict,
     VerdictStatus,
+    check_routing_rows,
 )
 
 _I32 = np.dtype("<i4")
 _F32 = np.dtype("<f4")
+_EXPERT_DTYPES = {"u1": np.dtype("u1"), "u2": np.dtype("<u2")}
 
 
 _REFERENCE: TypeAdapter = TypeAdapter(Reference)
@@ -46,7 +48,26 @@ def _response_to_wire(r: Any) -> dict[str, Any]:
         "ver": r.policy_version,
         "reward": r.reward,
         "verdict": None if r.verdict is None else [r.verdict.status.value, r.verdict.detail],
+        "re": None if r.routed_experts is None else _routing_to_wire(r.routed_experts),
     }
+
+
+def _routing_to_wire(a: np.ndarray) -> list[Any]:
+    code = "u1" if a.dtype == np.uint8 else "u2"
+    return [a.astype(_EXPERT_DTYPES[code], copy=False).tobytes(), code, a.shape[1], a.shape[2]]
+
+
+def _routing(raw: Any, field: str) -> np.ndarray:
+    _check(raw, list, field)
+    if len(raw) != 4 or raw[1] not in _EXPERT_DTYPES:
+        raise DecodeError(f"invalid group field {field}: expected [bytes, 'u1'|'u2', layers, k]")
+    layers, k = _check(raw[2], int, f"{field}.layers"), _check(raw[3], int, f"{field}.k")
+    if layers <= 0 or k <= 0:
+        raise DecodeError(f"invalid group field {field}: layers and k must be positive")
+    flat = _array(raw[0], _EXPERT_DTYPES[raw[1]], field)
+    if len(flat) % (layers * k):
+        raise DecodeError(f"invalid group field {field}: {len(flat)} ids are not rows of {layers} x {k}")
+    return flat.reshape(-1, layers, k)
 
 
 def encode_group(group: Group) -> bytes:
@@ -102,7 +123,7 @@ def _enum(cls: Any, value: Any, field: str) -> Any:
         raise DecodeError(f"invalid group field {field}: unknown value {value!r}") from None
 
 
-def _response(r: dict, i: int) -> Response:
+def _response(r: dict, i: int, prompt_len: int) -> Response:
     f = f"responses.{i}"
     tok = _array(r["tok"], _I32, f"responses[{i}].tok")
     lp = _array(r["lp"], _F32, f"responses[{i}].lp")
@@ -117,13 +138,21 @@ def _response(r: dict, i: int) -> Response:
         verdict = Verdict.model_construct(
             _VERDICT_FIELDS, status=_enum(VerdictStatus, verdict[0], f"{f}.verdict.status"),
             detail=_check(verdict[1], str, f"{f}.verdict.detail"))
+    routed = r.get("re")  # absent from v1 messages
+    if routed is not None:
+        routed = _routing(routed, f"{f}.routed_experts")
+        try:
+            check_routing_rows(len(routed), prompt_len, len(tok), i)
+        except ValueError as exc:
+            raise DecodeError(f"invalid group field {exc}") from None
     # Fields checked by hand above: pydantic validation of 16 responses costs more than
     # moving their 130 kB through Redis (see bench/queue.py).
     return _construct(Response, _RESPONSE_FIELDS, {
         "token_ids": tok, "logprobs": lp, "text": _check(r["text"], str, f"{f}.text"),
         "finish_reason": _enum(FinishReason, r["finish"], f"{f}.finish_reason"),
         "policy_version": version,
-        "reward": _check(r["reward"], (int, float), f"{f}.reward", optional=True), "verdict": verdict})
+        "reward": _check(r["reward"], (int, float), f"{f}.reward", optional=True), "verdict": verdict,
+        "routed_experts": routed})
 
 
 def decode_group(data: bytes) -> Group:
@@ -143,7 +172,9 @@ def decode_group(data: bytes) -> Group:
         )
     g = msg["g"]
     try:
-        responses = [_response(r, i) for i, r in enumerate(_check(g["responses"], list, "responses"))]
+        prompt = _array(g["prompt_tok"], _I32, "prompt_tok")
+        responses = [_response(r, i, len(prompt))
+                     for i, r in enumerate(_check(g["responses"], list, "responses"))]
         if not responses:
             raise DecodeError("invalid group field responses: empty")
         return Group.model_construct(
@@ -153,7 +184,7 @@ def decode_group(data: bytes) -> Group:
             task=_enum(TaskKind, g["task"], "task"),
             stage=_check(g["stage"], str, "stage"),
             prompt_text=_check(g["prompt_text"], str, "prompt_text"),
-            prompt_token_ids=_array(g["prompt_tok"], _I32, "prompt_tok"),
+            prompt_token_ids=prompt,
             reference=_REFERENCE.validate_python(g["ref"]),
             responses=responses,
             created_at=_check(g["created_at"], (int, float), "created_at"),

@@ -17,8 +17,9 @@ from pydantic import (
     model_validator,
 )
 
-SCHEMA_VERSION = 1
-"""Bumped on any change a reader of the previous version would misread."""
+SCHEMA_VERSION = 2
+"""Bumped on any change a reader of the previous version would misread. v2: responses may carry
+`routed_experts` (a v1 reader would drop them silently, so it refuses v2 messages)."""
 
 
 def _as_int32(value: object) -> np.ndarray:
@@ -38,6 +39,25 @@ LogProbs = Annotated[
     np.ndarray, BeforeValidator(_as_float32), PlainSerializer(lambda a: a.tolist(), when_used="json")
 ]
 """Per-token log-probabilities, held as a contiguous float32 array."""
+
+
+def _as_expert_ids(value: object) -> np.ndarray:
+    a = np.asarray(value)
+    if a.ndim != 3:
+        raise ValueError(f"routed_experts: expected [positions, layers, k], got {a.ndim} dimensions")
+    if a.dtype in (np.uint8, np.uint16):
+        return np.ascontiguousarray(a)
+    if a.size and (not np.issubdtype(a.dtype, np.integer) or a.min() < 0 or a.max() > 65535):
+        raise ValueError("routed_experts: expert ids must be integers in [0, 65535]")
+    return np.ascontiguousarray(a, dtype=np.uint8 if not a.size or a.max() < 256 else np.uint16)
+
+
+ExpertIds = Annotated[
+    np.ndarray, BeforeValidator(_as_expert_ids),
+    PlainSerializer(lambda a: a.tolist(), when_used="json"),
+]
+"""Routed expert ids [positions, MoE layers, k], uint8 (up to 256 experts) or uint16: the routing
+is ~layers * k bytes per token, as much as the tokens and log-probs together for a small MoE."""
 
 
 class _Model(BaseModel):
@@ -102,12 +122,24 @@ class Response(_Model):
     policy_version: int = Field(ge=0, description="Weight version that generated this response.")
     reward: float | None = Field(default=None, description="Set by the reward side.")
     verdict: Verdict | None = Field(default=None, description="Set by the reward side.")
+    routed_experts: ExpertIds | None = Field(
+        default=None,
+        description="Experts the engine routed each position to, [positions, MoE layers, k] in layer "
+                    "order, for routing replay: one row per position of prompt + response[:-1] (the "
+                    "positions whose forward sampled a response token). None when not recorded.")
 
     @model_validator(mode="after")
     def _one_logprob_per_token(self) -> "Response":
         if len(self.token_ids) != len(self.logprobs):
             raise ValueError(f"{len(self.token_ids)} tokens but {len(self.logprobs)} log-probs")
         return self
+
+
+def check_routing_rows(rows: int, prompt_len: int, response_len: int, index: int) -> None:
+    """A response's routing has one row per position that sampled one of its tokens."""
+    if rows != max(prompt_len + response_len - 1, 0):
+        raise ValueError(f"responses.{index}.routed_experts: {rows} positions, expected prompt "
+                         f"({prompt_len}) + response ({response_len}) - 1")
 
 
 def new_group_id() -> str:
@@ -126,6 +158,13 @@ class Group(_Model):
     created_at: float = Field(default_factory=time.time, description="Prompt submitted (unix s).")
     finished_at: float | None = Field(default=None, description="Last response finished.")
     scored_at: float | None = Field(default=None, description="Rewards written.")
+
+    @model_validator(mode="after")
+    def _routing_covers_the_sequence(self) -> "Group":
+        for i, r in enumerate(self.responses):
+            if r.routed_experts is not None:
+                check_routing_rows(len(r.routed_experts), len(self.prompt_token_ids), len(r.token_ids), i)
+        return self
 
     @property
     def policy_version(self) -> int:

@@ -44,12 +44,25 @@ references = st.one_of(
 
 
 @st.composite
+def routed(draw: st.DrawFn, response: Response, prompt_len: int) -> Response:
+    """The response with routing for prompt + response[:-1] (uint8 or uint16 ids), or as it is."""
+    if not draw(st.booleans()):
+        return response
+    rows = max(prompt_len + len(response.token_ids) - 1, 0)
+    layers, k = draw(st.integers(1, 3)), draw(st.integers(1, 4))
+    top = draw(st.sampled_from([255, 65535]))
+    ids = np.random.default_rng(draw(st.integers(0, 2**32 - 1))).integers(0, top + 1, (rows, layers, k))
+    return response.model_copy(update={"routed_experts": ids.astype(np.uint8 if top == 255 else np.uint16)})
+
+
+@st.composite
 def groups(draw: st.DrawFn) -> Group:
+    prompt = draw(tokens)
     return Group(
         group_id=draw(st.text(min_size=1, max_size=32)), prompt_id=draw(text),
         task=draw(st.sampled_from(TaskKind)), stage=draw(text), prompt_text=draw(text),
-        prompt_token_ids=draw(tokens), reference=draw(references),
-        responses=draw(st.lists(responses(), min_size=1, max_size=5)),
+        prompt_token_ids=prompt, reference=draw(references),
+        responses=[draw(routed(r, len(prompt))) for r in draw(st.lists(responses(), min_size=1, max_size=5))],
         created_at=draw(st.floats(0, 2e9)), finished_at=draw(st.none() | st.floats(0, 2e9)),
         scored_at=draw(st.none() | st.floats(0, 2e9)))
 

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 
+from protocol import codec
 from protocol.codec import DecodeError, SchemaVersionError, decode_group, encode_group
-from protocol.schema import SCHEMA_VERSION, Group
+from protocol.schema import SCHEMA_VERSION, Group, Response
 from tests.protocol.strategies import groups, make_group
 
 
@@ -40,8 +41,57 @@ def test_arrays_travel_packed_not_as_lists() -> None:
 def test_newer_schema_refused_clearly() -> None:
     msg = msgpack.unpackb(encode_group(make_group()))
     msg["v"] = SCHEMA_VERSION + 1
-    with pytest.raises(SchemaVersionError, match=r"v2.*upgrade ringrl"):
+    with pytest.raises(SchemaVersionError, match=rf"v{SCHEMA_VERSION + 1}.*upgrade ringrl"):
         decode_group(msgpack.packb(msg))
+
+
+def _with_routing(layers: int = 2, k: int = 2, top: int = 7) -> Group:
+    g = make_group(n=2, length=5)
+    rows = len(g.prompt_token_ids) + 5 - 1
+    ids = np.random.default_rng(0).integers(0, top + 1, (rows, layers, k))
+    return g.model_copy(update={"responses": [
+        Response(**{**r.model_dump(), "routed_experts": ids}) for r in g.responses]})
+
+
+def test_routing_travels_compact_and_exact() -> None:
+    g = _with_routing()
+    assert g.responses[0].routed_experts.dtype == np.uint8  # ids < 256: one byte each
+    wire = encode_group(g)
+    assert msgpack.unpackb(wire)["g"]["responses"][0]["re"][1:] == ["u1", 2, 2]
+    back = decode_group(wire)
+    assert_same(back, g)
+    assert np.array_equal(back.responses[0].routed_experts, g.responses[0].routed_experts)
+    wide = decode_group(encode_group(_with_routing(top=300))).responses[0].routed_experts
+    assert wide.dtype == np.uint16 and wide.max() <= 300
+
+
+def test_v1_reader_refuses_routing_messages(monkeypatch: pytest.MonkeyPatch) -> None:
+    # a v1 reader (this decoder at version 1) would drop the routing silently; it refuses instead
+    wire = encode_group(_with_routing())
+    monkeypatch.setattr(codec, "SCHEMA_VERSION", 1)
+    with pytest.raises(SchemaVersionError,
+                       match=r"group schema v2, this reader knows up to v1: upgrade ringrl on this side"):
+        decode_group(wire)
+
+
+def test_v1_message_still_read() -> None:
+    msg = msgpack.unpackb(encode_group(make_group()))
+    msg["v"] = 1
+    for r in msg["g"]["responses"]:
+        del r["re"]
+    assert decode_group(msgpack.packb(msg)).responses[0].routed_experts is None
+
+
+def test_routing_rows_must_cover_the_sequence() -> None:
+    msg = msgpack.unpackb(encode_group(_with_routing()))
+    raw = msg["g"]["responses"][1]["re"]
+    raw[0] = raw[0][:-4]  # one position (2 layers x 2 ids) short
+    with pytest.raises(DecodeError, match=r"responses\.1\.routed_experts: 35 positions, expected prompt \(32\)"):
+        decode_group(msgpack.packb(msg))
+    with pytest.raises(ValueError, match="routed_experts: 35 positions"):
+        g = _with_routing()
+        Group(**{**g.model_dump(), "responses": [
+            {**r.model_dump(), "routed_experts": r.routed_experts[:-1]} for r in g.responses]})
 
 
 @pytest.mark.parametrize("data, reason", [
