@@ -46,7 +46,7 @@ class ObjectiveConfig:
     router_z_coef: float
     old_logprobs: Literal["behaviour", "recompute"]
     mismatch: Literal["off", "tis", "icepop"] = "off"
-    tis_cap: float = 2.0
+    tis_cap: float | None = None
     icepop_band: tuple[float, float] = (0.5, 5.0)
 
     @classmethod
@@ -163,6 +163,7 @@ def mismatch_weights(learner_logp: torch.Tensor, behaviour_logp: torch.Tensor,
     """
     k = torch.exp(learner_logp.detach() - behaviour_logp)
     if cfg.mismatch == "tis":
+        assert cfg.tis_cap is not None  # the config check requires it
         return k.clamp(max=cfg.tis_cap), k >= cfg.tis_cap
     low, high = cfg.icepop_band
     inside = (k >= low) & (k <= high)

@@ -66,10 +66,16 @@ class LearnerConfig(Section):
                     "by min(k, tis_cap) (needs old_logprobs: recompute); icepop (Ring-1T) drops tokens "
                     "with k outside icepop_band from the gradient, and with old_logprobs: recompute "
                     "weights the others by k; off: neither.")
-    tis_cap: float = Field(default=2.0, gt=0, description="mismatch: tis — the cap of the weight.")
+    tis_cap: float | None = Field(default=None, gt=0, description="mismatch: tis — the cap of the weight (required).")
     icepop_band: tuple[float, float] = Field(
         default=(0.5, 5.0),
         description="mismatch: icepop — [low, high] of k inside which a token trains (low < 1 < high).")
+    router_replay: Literal["off", "r3"] = Field(
+        default="off",
+        description="MoE routing replay. r3: the forward routes each token to the experts the engine "
+                    "routed it to (groups need routing: rollout.record_routing), gate values and aux "
+                    "losses still from the learner's router, so it keeps learning; off: the learner's own "
+                    "routing. Either way, routing in the groups gives routing_differ_fraction.")
     # --- optimiser ------------------------------------------------------------------------
     lr: float = Field(default=1e-5, gt=0, description="AdamW peak learning rate.")
     weight_decay: float = Field(default=0.0, ge=0, description="AdamW decoupled weight decay.")
@@ -131,8 +137,8 @@ class LearnerConfig(Section):
         if self.mismatch == "tis" and self.old_logprobs != "recompute":
             raise ValueError("mismatch: tis needs old_logprobs: recompute (with behaviour log-probs the "
                              "PPO ratio already corrects for the engine)")
-        if "tis_cap" in self.model_fields_set and self.mismatch != "tis":
-            raise ValueError("tis_cap: only used with mismatch: tis")
+        if (self.tis_cap is None) == (self.mismatch == "tis"):
+            raise ValueError("tis_cap: set it with mismatch: tis, and only then")
         low, high = self.icepop_band
         if not 0 < low < 1 < high:
             raise ValueError("icepop_band: needs 0 < low < 1 < high")

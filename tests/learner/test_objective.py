@@ -195,10 +195,20 @@ def test_icepop_masks_exactly_the_tokens_outside_the_band(old_logprobs: str) -> 
 
 
 @pytest.mark.parametrize("settings, message", [
-    ({"mismatch": "tis"}, "mismatch: tis needs old_logprobs: recompute"),
-    ({"mismatch": "icepop", "tis_cap": 1.5}, "tis_cap: only used with mismatch: tis"),
+    ({"mismatch": "tis", "tis_cap": 1.5}, "mismatch: tis needs old_logprobs: recompute"),
+    ({"mismatch": "tis", "old_logprobs": "recompute"}, "tis_cap: set it with mismatch: tis"),
+    ({"mismatch": "icepop", "tis_cap": 1.5}, "tis_cap: set it with mismatch: tis"),
     ({"mismatch": "icepop", "icepop_band": (1.2, 5.0)}, "icepop_band: needs 0 < low < 1 < high"),
 ])
 def test_mismatch_settings_that_would_do_nothing_are_refused(settings: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         LearnerConfig(**settings)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("learner", [{}, {"mismatch": "icepop"},
+                                     {"mismatch": "tis", "tis_cap": 1.5, "old_logprobs": "recompute"}])
+def test_mismatch_settings_survive_the_services_copy(learner: dict[str, object]) -> None:
+    """`serve` commands re-validate a dump of the whole config: every field is then set."""
+    from protocol.config.train import TrainConfig
+
+    assert TrainConfig.model_validate({"learner": learner}).services().learner.mismatch == learner.get("mismatch", "off")
