@@ -15,8 +15,9 @@ sandboxed uid), then:
   int, float, complex, str, bytes, list, tuple, dict, set, frozenset), decoded here by `json`.
   No object the program built ever exists in the checker, so it cannot override `__eq__`,
   and no tracing hook, patched builtin or frame it touches is the checker's. Only if `check`
-  returns does the checker write `P` to the verdict fd: a pipe the host opened for this run
-  alone, which the candidate never holds.
+  returns does the checker write `P` to the verdict fd — a pipe the host opened for this run
+  alone, which the candidate never holds — and then it kills the candidate: what the program
+  would do after its last call (atexit, threads) does not count.
 """
 
 from __future__ import annotations
