@@ -38,6 +38,8 @@ class Piece:
     start: int
     end: int
     """Loss is on response tokens [start, end); response_ids[:start] is context only."""
+    routed_experts: np.ndarray | None = None
+    """The engine's routing of prompt + response[:-1], [positions, MoE layers, k], for replay."""
 
     @property
     def num_tokens(self) -> int:
@@ -114,7 +116,8 @@ def group_pieces(group: Group, eps: float) -> list[Piece]:
     adv = group_advantages(group.rewards, eps)
     prompt = np.asarray(group.prompt_token_ids, dtype=np.int64)
     return [Piece(group.group_id, i, r.policy_version, prompt, np.asarray(r.token_ids, dtype=np.int64),
-                  np.asarray(r.logprobs, dtype=np.float32), float(adv[i]), 0, len(r.token_ids))
+                  np.asarray(r.logprobs, dtype=np.float32), float(adv[i]), 0, len(r.token_ids),
+                  r.routed_experts)
             for i, r in enumerate(group.responses) if len(r.token_ids)]
 
 

@@ -35,6 +35,11 @@ class MicroBatch:
     advantages: torch.Tensor
     weights: torch.Tensor
     """[N] each token's `Step.token_weights` (what it means: learner/objective.py)."""
+    routed_experts: torch.Tensor | None = None
+    """[rows*T, MoE layers, k] the engine's experts per flat input position (routing replay);
+    None when no sequence of the micro-batch carries routing."""
+    routed_mask: torch.Tensor | None = None
+    """[rows*T] true where `routed_experts` holds the engine's routing."""
 
     @property
     def num_real_input_tokens(self) -> int:
@@ -95,12 +100,34 @@ def _token_fields(step: Step, idx: list[int], offsets: list[int]) -> dict[str, t
                 weights=torch.from_numpy(cat(w).astype(np.float64)))
 
 
+def _routing(step: Step, idx: list[int], offsets: list[int], positions: int) -> dict[str, torch.Tensor]:
+    pieces = [step.pieces[i] for i in idx]
+    shapes = {p.routed_experts.shape[1:] for p in pieces if p.routed_experts is not None}
+    if not shapes:
+        return {}
+    if len(shapes) > 1:
+        raise ValueError(f"routing of different shapes {sorted(shapes)} in one step: one model's "
+                         "engines must all record the same [MoE layers, k]")
+    layers, k = shapes.pop()
+    ids = torch.zeros((positions, layers, k), dtype=torch.long)
+    mask = torch.zeros(positions, dtype=torch.bool)
+    for p, off in zip(pieces, offsets):
+        if p.routed_experts is None:
+            continue
+        # the sequence's last position predicts no loss token, and the engine never forwarded it
+        n = min(len(p.routed_experts), len(p.prompt_ids) + p.end)
+        ids[off:off + n] = torch.from_numpy(p.routed_experts[:n].astype(np.int64))
+        mask[off:off + n] = True
+    return dict(routed_experts=ids, routed_mask=mask)
+
+
 def pack(step: Step, idx: list[int]) -> MicroBatch:
     seqs = [_sequence(step.pieces[i]) for i in idx]
     offsets = np.cumsum([0] + [len(s) for s in seqs[:-1]]).tolist()
     ids = torch.from_numpy(np.concatenate(seqs)).long()[None]
     pos = torch.from_numpy(np.concatenate([np.arange(len(s)) for s in seqs])).long()[None]
-    return MicroBatch(ids, pos, None, **_token_fields(step, idx, offsets))
+    return MicroBatch(ids, pos, None, **_token_fields(step, idx, offsets),
+                      **_routing(step, idx, offsets, ids.numel()))
 
 
 def pad(step: Step, idx: list[int], pad_id: int = 0) -> MicroBatch:
@@ -113,7 +140,9 @@ def pad(step: Step, idx: list[int], pad_id: int = 0) -> MicroBatch:
         ids[r, :len(s)] = torch.from_numpy(s)
         mask[r, :len(s)] = 1
     pos = torch.arange(width).expand(len(seqs), -1).contiguous()
-    return MicroBatch(ids, pos, mask, **_token_fields(step, idx, [r * width for r in range(len(seqs))]))
+    offsets = [r * width for r in range(len(seqs))]
+    return MicroBatch(ids, pos, mask, **_token_fields(step, idx, offsets),
+                      **_routing(step, idx, offsets, ids.numel()))
 
 
 LAYOUTS = ("packed", "bucketed", "padded")

@@ -24,6 +24,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from learner.batcher import Batcher, Step
 from learner.objective import SUMS, ObjectiveConfig, ObjectiveInputs, objective
 from learner.packing import MicroBatch, microbatches
+from learner.router_replay import RouterReplay
 from protocol.config.learner import LearnerConfig
 from protocol.schema import Group
 
@@ -61,6 +62,7 @@ class Learner:
         self.model.train()
         self.tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=cfg.trust_remote_code)
         self.moe = moe_shape(self.model.config)
+        self.router_replay = RouterReplay(self.model) if self.moe else None
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, betas=cfg.betas,
                                            eps=cfg.adam_eps, weight_decay=cfg.weight_decay)
         self.scheduler = warmup_schedule(self.optimizer, cfg.warmup_steps)
@@ -76,7 +78,12 @@ class Learner:
         kw: dict[str, Any] = {"output_router_logits": True} if self.moe else {}
         autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if self.cfg.dtype == "bfloat16"
                     else contextlib.nullcontext())
-        with autocast:
+        replay: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
+        if self.router_replay is not None and mb.routed_experts is not None and mb.routed_mask is not None:
+            # with router_replay: off the engine's routing is still compared, not used
+            replay = self.router_replay.replay(mb.routed_experts, mb.routed_mask,
+                                               apply=self.cfg.router_replay == "r3")
+        with autocast, replay:
             out = self.model(input_ids=mb.input_ids, position_ids=mb.position_ids,
                              attention_mask=mb.attention_mask, use_cache=False, **kw)
         logits = out.logits.reshape(-1, out.logits.shape[-1])[mb.logit_index]
@@ -107,6 +114,8 @@ class Learner:
             mismatch_max = max(mismatch_max, terms.mismatch_max)
             for k in SUMS:
                 sums[k] += terms.sums[k]
+        routed = self.router_replay.take_counts() if self.router_replay is not None else None
+        sums["routed"], sums["routed_differ"] = (routed.tokens, routed.differ) if routed else (0, 0)
         if self.world_size > 1:
             self._all_reduce(sums)
             mm = torch.tensor([mismatch_max])
@@ -130,6 +139,11 @@ class Learner:
             "clip_fraction": sums["clipped"] / n, "mismatch_mean": sums["mismatch_sum"] / n,
             "mismatch_max": mismatch_max, "tis_clip_fraction": sums["tis_clipped"] / n,
             "mismatch_masked_fraction": sums["mismatch_masked"] / n,
+            # token-layer pairs: of those with engine routing, the share the learner's own top-k
+            # set differs on (replayed or not); and the share of input positions that had it
+            "routing_differ_fraction": sums["routed_differ"] / max(sums["routed"], 1.0),
+            "routing_replayed_fraction": (sums["routed"] / max(sums["input_tokens"], 1.0)
+                                          / (self.router_replay.num_layers if self.router_replay else 1)),
             "grad_norm": grad_norm, "lr": lr, "step_time_s": time.perf_counter() - t0,
         }
 
@@ -145,9 +159,10 @@ class Learner:
         for g in grads:
             g.copy_(flat[offset:offset + g.numel()].view_as(g))
             offset += g.numel()
-        vals = torch.tensor([sums[k] for k in SUMS], dtype=torch.float64)
+        keys = list(sums)  # the objective's SUMS and the routing counts
+        vals = torch.tensor([sums[k] for k in keys], dtype=torch.float64)
         dist.all_reduce(vals)
-        sums.update(zip(SUMS, vals.tolist()))
+        sums.update(zip(keys, vals.tolist()))
 
     # --- groups in, metrics out -------------------------------------------------------------
     def add_groups(self, groups: Iterable[Group], stage: str | None = None) -> list[str]:
