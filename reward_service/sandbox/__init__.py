@@ -82,6 +82,7 @@ class Sandbox:
             payload = head + src + test + stdin
             uid = self._free.get()
             try:
+                # From here the backend owns the write end: it closes it once the run has it.
                 cg = self.cgroups.get(uid)
                 ooms = cg.oom_kills() if cg else 0
                 if cfg.backend == "warm":
@@ -107,7 +108,11 @@ class Sandbox:
                   verdict: tuple[int, int]) -> tuple[Completed, bool]:
         cfg = self.cfg
         if cfg.backend == "bwrap":
-            seccomp_fd = syscalls.bpf_fd()
+            try:
+                seccomp_fd = syscalls.bpf_fd()
+            except BaseException:
+                os.close(verdict[1])
+                raise
             try:
                 argv, popen = bwrap.command(cfg, uid, seccomp_fd, verdict[1], self.tmps.get(uid))
                 cg = self.cgroups.get(uid)
@@ -125,7 +130,11 @@ class Sandbox:
                   verdict: tuple[int, int]) -> tuple[Completed, bool]:
         slot = self._warm.get(uid)
         if slot is None or slot.proc.poll() is not None:
-            slot = self._restart(uid)
+            try:
+                slot = self._restart(uid)
+            except BaseException:
+                os.close(verdict[1])
+                raise
         done, fit, left = warm.run(slot, payload, verdict, self.cfg.wall_s, self.cfg.output_bytes)
         if not fit:
             try:
