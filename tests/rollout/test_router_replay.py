@@ -15,16 +15,25 @@ from learner.trainer import Learner
 from protocol.codec import decode_group, encode_group
 from protocol.config.learner import LearnerConfig
 from protocol.schema import Group, MathReference, Response, TaskKind
+from rollout_service.kernels import refresh_cpu_kernels
 from rollout_service.routing import RoutingRecorder
 from tests.rollout.conftest import ModelDir
 
 
-def _groups(model: Path, dtype: str, prompts: int = 8, n: int = 4) -> list[Group]:
+def _groups(model: Path, dtype: str, prompts: int = 8, n: int = 4, reload: bool = False) -> list[Group]:
+    """`reload`: the recorder is installed first, then the weights are reloaded in place as the
+    engine does on a weight update."""
+    from safetensors.torch import load_file
     from vllm import LLM, SamplingParams
 
     llm = LLM(model=str(model), dtype=dtype, enforce_eager=True, max_model_len=256, seed=0,
               distributed_executor_backend="uni", enable_prefix_caching=False)
-    recorder = RoutingRecorder(llm.llm_engine.engine_core.engine_core.model_executor.driver_worker.worker)
+    worker = llm.llm_engine.engine_core.engine_core.model_executor.driver_worker.worker
+    recorder = RoutingRecorder(worker)
+    if reload:
+        worker.reload_weights(weights_iterator=iter(load_file(model / "model.safetensors").items()),
+                              is_checkpoint_format=True)
+        refresh_cpu_kernels(worker.model_runner.get_model())
     rng = np.random.default_rng(0)
     vocab = llm.get_tokenizer().vocab_size
     groups = []
@@ -67,9 +76,9 @@ def _gap(model: Path, groups: list[Group], mode: str) -> tuple[torch.Tensor, flo
 
 def test_recorded_routing_is_the_engines_own(model_dir: ModelDir) -> None:
     """float32 engine and learner agree on every token's experts, which only holds if each row of
-    the recording sits at its request's position."""
+    the recording sits at its request's position; the capture survives a weight reload."""
     model = model_dir("qwen3_moe")
-    gap, differ = _gap(model, _groups(model, "float32"), "off")
+    gap, differ = _gap(model, _groups(model, "float32", reload=True), "off")
     print(f"tokens {len(gap)}; float32 engine: |gap| max {gap.max():.3g} mean {gap.mean():.3g}")
     assert differ == 0.0
     assert float(gap.max()) < 1e-4
