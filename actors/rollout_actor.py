@@ -10,7 +10,7 @@ from protocol.queue import queue_client
 from protocol.transport import WeightReceiver, WeightVersion
 from protocol.transport.broadcast import BroadcastReceiver
 from protocol.transport.http_pull import HttpReceiver
-from rollout_service.engine import Engine
+from rollout_service.engine import Engine, Sampling
 from rollout_service.streaming import Prompt, Rollouts
 from rollout_service.weights import load_version
 
@@ -45,6 +45,13 @@ class RolloutActor:
         """Receive and load the version `record` names (broadcast: the one the learner is sending
         now; http: pulled from record.url), buffered; returns (version, load seconds)."""
         return load_version(self._engine, self._receiver, record)
+
+    def greedy(self, prompts: list[str], max_tokens: int) -> tuple[int, list[str]]:
+        """One greedy response per prompt at the engine's current weights: (version, texts)."""
+        futures = [self._engine.submit(self._engine.encode(p), 1, Sampling(temperature=0.0, max_tokens=max_tokens))
+                   for p in prompts]
+        texts = [f.result()[0].text for f in futures]
+        return self._engine.version, texts
 
     def version(self) -> int:
         return self._engine.version

@@ -43,6 +43,9 @@ class TrainerActor:
     def counters(self) -> dict[str, int]:
         return self.session.counters()
 
+    def outcomes(self) -> list[tuple[str, float]]:
+        return self.session.take_outcomes()
+
     def save(self, out_dir: str) -> str:
         return self.session.save(out_dir)
 

@@ -29,6 +29,7 @@ import json
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -105,6 +106,9 @@ class LearnerSession:
         self._recovered = False
         self._lags: list[int] = []
         self._rewards: list[float] = []
+        # (prompt id, mean reward) of each group read, for a prompt feed that weighs prompts by
+        # how much they still teach; bounded, so a run whose feed never reads them keeps the newest.
+        self._outcomes: deque[tuple[str, float]] = deque(maxlen=100_000)
         self.groups_read = 0
         self._write_state()
 
@@ -138,6 +142,8 @@ class LearnerSession:
     def _take(self, entries: list[Entry]) -> None:
         self._lags += [self.learner.version - e.group.policy_version for e in entries]
         self._rewards += [float(r) for e in entries for r in e.group.rewards]
+        self._outcomes.extend((e.group.prompt_id, float(sum(e.group.rewards)) / len(e.group.rewards))
+                              for e in entries if e.group.responses)
         fates = self.learner.add_groups([e.group for e in entries], self.plan.stage if self.plan else None)
         self._audit_lines(GROUPS_FILE, [{"group_id": e.group.group_id, "fate": f, "version": self.learner.version}
                                         for e, f in zip(entries, fates)])
@@ -274,6 +280,13 @@ class LearnerSession:
 
     def counters(self) -> dict[str, int]:
         return {**self.learner.counters(), "groups_read": self.groups_read}
+
+    def take_outcomes(self) -> list[tuple[str, float]]:
+        """The (prompt id, mean reward) of the groups read since the last call (any thread)."""
+        out = []
+        while self._outcomes:
+            out.append(self._outcomes.popleft())
+        return out
 
     def _write_state(self) -> None:
         """The learner's progress for the parts that pace themselves on it (rollout's staleness gate)."""

@@ -23,7 +23,7 @@ from recipe.plots import plot_metrics
 from recipe.prompts import stage_items
 from recipe.run_log import RunLog
 from recipe.stage import StageResult, StageRunner
-from recipe.tasks import build_tasks
+from recipe.tasks import TaskItem, build_tasks
 from reward_service.scorer import Scorer
 
 ENGINE_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1",
@@ -69,15 +69,29 @@ def choose_start(cfg: TrainConfig, checkpoints: list[str], console: Console, sco
     return chosen.path
 
 
-def held_out(cfg: TrainConfig, path: str, stage: StageConfig, scorer: Scorer) -> Outcomes:
+def held_out_items(cfg: TrainConfig, stage: StageConfig) -> list[TaskItem]:
     tasks = cfg.tasks.model_copy(update={"sources": stage.sources, "held_out_size": cfg.eval_size})
-    return outcomes(path, build_tasks(tasks, "held_out", stage_kind(stage)), scorer, samples=cfg.eval_samples,
+    return build_tasks(tasks, "held_out", stage_kind(stage))
+
+
+def held_out(cfg: TrainConfig, path: str, stage: StageConfig, scorer: Scorer) -> Outcomes:
+    return outcomes(path, held_out_items(cfg, stage), scorer, samples=cfg.eval_samples,
                     max_new_tokens=stage.max_new_tokens, seed=cfg.run.seed)
 
 
 def run_stage(cfg: TrainConfig, stage: StageConfig, path: str, version: int, step0: int, redis_url: str,
-              out: Path, log: RunLog, console: Console) -> StageResult:
+              out: Path, log: RunLog, console: Console, scorer: Scorer) -> StageResult:
     items, replay = stage_items(cfg, stage)
+    # A fixed held-out subset, greedy, through the stage's own engine: cheap enough to draw the
+    # stage's learning curve between the full measures before and after it.
+    every = held_out_items(cfg, stage) if cfg.eval_every else []
+    curve = every[::max(1, len(every) // cfg.eval_curve_items)][:cfg.eval_curve_items]  # all sources
+
+    def measure_curve(step: int, stage_step: int) -> None:
+        version, accuracy = runner.greedy_accuracy(curve, scorer)
+        log.log({"step": step, "stage": stage.name, "stage_step": stage_step, "accuracy_curve": accuracy,
+                 "curve_version": version})
+
     mixed = f" (+{stage.replay_share:.0%} replay of {', '.join(stage.replay_sources)})" if replay else ""
     console.rule(f"RL stage {stage.name}: {len(items)} prompts{mixed}, {stage.steps} steps x "
                  f"{stage.token_budget} tokens ({'async' if cfg.asynchronous else 'sync'})")
@@ -86,6 +100,8 @@ def run_stage(cfg: TrainConfig, stage: StageConfig, path: str, version: int, ste
         with Progress(TextColumn(f"[bold]{stage.name}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                       TimeElapsedColumn(), console=console, transient=True) as bar:
             task = bar.add_task(stage.name, total=stage.steps)
+            if curve:
+                measure_curve(step0, 0)
             last_t, last_tokens = time.monotonic(), runner.rollout_stats()["tokens_written"]
             for i in range(stage.steps):
                 m = runner.step()
@@ -97,6 +113,8 @@ def run_stage(cfg: TrainConfig, stage: StageConfig, path: str, version: int, ste
                 last_t, last_tokens = now, gen
                 log.log(row)
                 bar.advance(task)
+                if curve and ((i + 1) % cfg.eval_every == 0 or i + 1 == stage.steps):
+                    measure_curve(step0 + i + 1, i + 1)
     except BaseException:
         runner.emergency_checkpoint()
         raise
@@ -168,7 +186,7 @@ def train(cfg: TrainConfig, console: Console) -> list[StageSummary]:
             before = sft_start[stage.name] if unchanged else held_out(cfg, path, stage, scorer)
             log.log({"step": step, "stage": stage.name, "accuracy": before.greedy_accuracy(),
                      "accuracy_sampled": before.sampled_accuracy()})
-            result = run_stage(cfg, stage, path, version, step, redis_url, out, log, console)
+            result = run_stage(cfg, stage, path, version, step, redis_url, out, log, console, scorer)
             after = held_out(cfg, result.model_path, stage, scorer)
             step += result.steps
             log.log({"step": step, "stage": stage.name, "accuracy": after.greedy_accuracy(),

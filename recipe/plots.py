@@ -17,6 +17,8 @@ PLOTTED: dict[str, str] = {
     "reward": "mean reward",
     "accuracy": "held-out greedy accuracy",
     "accuracy_sampled": "held-out sampled pass@1",
+    "accuracy_curve": "held-out greedy accuracy (fixed subset, in-stage)",
+    "filtered_share": "share of groups filtered (all correct or all wrong)",
     "entropy": "mean token entropy (nats)",
     "grad_norm": "gradient norm",
 }

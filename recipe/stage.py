@@ -28,8 +28,10 @@ from protocol.config.train import StageConfig, TrainConfig
 from protocol.queue import Backpressure, connect
 from protocol.streams import LEARNER_GROUP, RunKeys
 from protocol.transport import WeightVersion
-from recipe.prompts import prompt_stream
+from recipe.prompts import PassRates, prompt_stream
 from recipe.tasks import TaskItem
+from recipe.verdicts import correct
+from reward_service.scorer import Scorer
 
 
 @dataclass
@@ -75,7 +77,9 @@ class StageRunner:
         self.client = connect(redis_url)
         self.backlog = Backpressure(self.client, [self.keys.rollouts, self.keys.scored], 1,
                                     custody=(self.keys.scored, LEARNER_GROUP))
-        self.prompts = prompt_stream(items, stage, cfg.run.seed + version, replay)
+        self.rates = PassRates(stage.feed_window, stage.feed_floor) if stage.feed == "pass_rate" else None
+        self.prompts = prompt_stream(items, stage, cfg.run.seed + version, replay, self.rates)
+        self._counted = {"groups_in": 0, "groups_filtered": 0}
         # One intra-op thread for the learner: it shares the machine with the engine's pinned
         # thread pool, and oversubscribed OpenMP pools spin against each other (10x slower).
         threads = {"env_vars": {"OMP_NUM_THREADS": str(cfg.learner_threads)}}
@@ -96,6 +100,9 @@ class StageRunner:
 
     # ---- feeding ----------------------------------------------------------------------------
     def _next_round(self) -> list[dict[str, Any]]:
+        if self.rates is not None:
+            for prompt_id, mean_reward in ray.get(self.trainer.outcomes.remote()):
+                self.rates.record(prompt_id, mean_reward)
         return list(itertools.islice(self.prompts, self.stage.prompts_per_round))
 
     def _feed_forever(self) -> None:
@@ -164,8 +171,20 @@ class StageRunner:
         if not self.cfg.asynchronous:
             ray.get(self._update)
             self._update = None
+        counts = ray.get(self.trainer.counters.remote())
+        new_in, new_filtered = (counts[k] - self._counted[k] for k in ("groups_in", "groups_filtered"))
+        self._counted = {k: counts[k] for k in self._counted}
         return {**metrics, "step_wall_s": time.monotonic() - t, "train_call_s": train_s,
-                "publish_s": publish_s}
+                "publish_s": publish_s, "filtered_share": new_filtered / new_in if new_in else 0.0}
+
+    def greedy_accuracy(self, items: list[TaskItem], scorer: Scorer) -> tuple[int, float]:
+        """(engine version, greedy accuracy on `items`) once the newest published version is loaded."""
+        if self._update is not None:
+            ray.get(self._update)
+            self._update = None
+        version, texts = ray.get(self.rollout.greedy.remote([it.prompt for it in items], self.stage.max_new_tokens))
+        ok = correct(scorer, items, texts)
+        return version, sum(ok) / len(ok)
 
     def rollout_stats(self) -> dict[str, int]:
         return ray.get(self.rollout.stats.remote())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, model_validator
 
@@ -42,6 +43,14 @@ class StageConfig(Section):
                     "unlearn them; they get this stage's length limit and are not in its held-out measure.")
     replay_share: float = Field(
         default=0.0, ge=0, lt=1, description="Share of the stage's prompts drawn from replay_sources.")
+    feed: Literal["uniform", "pass_rate"] = Field(
+        default="uniform",
+        description="uniform: the stage's items in shuffled epochs. pass_rate: items whose last feed_window "
+                    "groups were all correct or all wrong (filtered: they teach nothing) are drawn "
+                    "feed_floor times as often as the others (embedded `ringrl train`).")
+    feed_window: int = Field(default=2, gt=0, description="pass_rate feed: recent groups per item it looks at.")
+    feed_floor: float = Field(
+        default=0.1, gt=0, le=1, description="pass_rate feed: relative weight of an item that taught nothing lately.")
 
 
 def stage_kind(stage: StageConfig) -> TaskKind:
@@ -66,6 +75,14 @@ class TrainConfig(RunConfig):
         default=1, gt=0, description="torch threads of the learner actor (keep engine + learner <= cores).")
     reward_workers: int = Field(default=1, gt=0, description="Reward worker actors.")
     eval_size: int = Field(default=100, ge=0, description="Held-out items per source for eval after each stage.")
+    eval_every: int = Field(
+        default=0, ge=0,
+        description="Inside a stage: a greedy held-out measure every this many steps (and at the stage's "
+                    "start and end) on eval_curve_items of its held-out items, spread over its sources, "
+                    "through the stage's engine at its current weights (the `accuracy_curve` plot); 0: "
+                    "only the full measures before and after each stage.")
+    eval_curve_items: int = Field(
+        default=32, gt=0, description="Held-out items per stage in the in-stage curve (a fixed subset).")
     eval_samples: int = Field(
         default=4, gt=0, description="Sampled responses (T=1) per held-out item for the sampled pass@1 "
                                      "reported next to greedy accuracy.")

@@ -42,6 +42,8 @@ def config(tmp: Path, asynchronous: bool) -> Path:
              "replay_sources": ["chain_sum"], "replay_share": 0.3},
         ],
         "eval_size": 10,
+        "eval_every": 2,
+        "eval_curve_items": 6,
     }
     path = tmp / "run.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -109,3 +111,14 @@ def test_summary_measures_each_stage_against_the_sft_start(run_dir: Path) -> Non
     assert "(+30% replay of chain_sum)" in stdout
     for r in rows:
         assert f"{r['stage']} vs the SFT start on " in stdout
+
+
+def test_held_out_curve_inside_each_stage(run_dir: Path) -> None:
+    """eval_every: 2 over 3 steps: measured at the stage's start, step 2 and its end, each time on
+    the weights the learner had just published (engine version == global step)."""
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    curve = [r for r in rows if "accuracy_curve" in r]
+    assert [(r["stage"], r["stage_step"]) for r in curve] == [
+        ("math", 0), ("math", 2), ("math", 3), ("code", 0), ("code", 2), ("code", 3)]
+    assert all(r["curve_version"] == r["step"] and 0 <= r["accuracy_curve"] <= 1 for r in curve), curve
+    assert (run_dir / "plots" / "accuracy_curve.png").stat().st_size > 0
