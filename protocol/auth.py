@@ -15,11 +15,15 @@ import os
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from protocol.config import ConfigError
 from protocol.config.auth import AuthConfig
+
+if TYPE_CHECKING:
+    from protocol.body_limit import Render
 
 log = logging.getLogger("ringrl.auth")
 
@@ -124,8 +128,12 @@ class BearerAuth:
     """ASGI middleware: `refusal` on every HTTP request; `admin_routes` are (METHOD, path) pairs.
     Sets scope["state"]["authenticated"] for routes (GET /healthz) that answer strangers less."""
 
-    def __init__(self, app: ASGIApp, tokens: Tokens, admin_routes: Collection[tuple[str, str]] = ()) -> None:
+    def __init__(self, app: ASGIApp, tokens: Tokens, admin_routes: Collection[tuple[str, str]] = (),
+                 render: Render | None = None) -> None:
+        """`render`: the refusal's body in the shape of the route refused (protocol.body_limit.Render;
+        default `{"detail", "field": "authorization"}`)."""
         self.app, self.tokens, self.admin_routes = app, tokens, frozenset(admin_routes)
+        self.render = render
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -139,7 +147,8 @@ class BearerAuth:
         refused = refusal(self.tokens, method, path, header, admin=(method, path) in self.admin_routes)
         if refused is not None:
             status, reason = refused
-            body = json.dumps({"detail": reason, "field": "authorization"}).encode()
+            body = json.dumps({"detail": reason, "field": "authorization"} if self.render is None else
+                              self.render(path, status, "authorization", reason.partition(": ")[2])).encode()
             headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
             if status == 401:
                 headers.append((b"www-authenticate", b"Bearer"))

@@ -14,6 +14,7 @@ all of its tokens.
 from __future__ import annotations
 
 import itertools
+import numbers
 import os
 import queue
 import threading
@@ -25,7 +26,7 @@ from typing import Annotated, Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, Field, StringConstraints
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 
 from protocol.config.rollout import RolloutConfig
 from protocol.schema import FinishReason, Response
@@ -38,19 +39,44 @@ WeightSource = Callable[[], Iterable[tuple[str, torch.Tensor]]]
 
 MAX_TEMPERATURE = 2.0
 """OpenAI's range; hotter sampling of a policy is noise, not exploration."""
-MAX_SEED = 2**63 - 2**20
-"""vLLM's generator takes a signed 64-bit seed; room is left for seed + i over a group."""
+MAX_SEED = 2**53 - 1
+"""Largest seed: exact as a JSON number (a double), which larger ones are not to most clients and to
+the OpenAPI document; vLLM's generator takes a signed 64-bit seed, so seed + i over a group fits."""
+
+
+def _json_int(value: Any) -> Any:
+    """JSON's integers: 4 and 4.0 (JSON Schema counts both), never true or "4" (strict models); from
+    Python, any integer type (numpy's too)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return int(value)
+    return value
+
+
+def json_int(**bounds: Any) -> Any:
+    """An integer field of a request model, bounded (`ge`, `le`, ...): the request models are strict
+    (JSON's types, as the schema says). The bounds go inside, so the schema states them."""
+    return Annotated[int, Field(**bounds), BeforeValidator(_json_int)]
+BOUND = "x-ringrl-bound"
+"""Marks a JSON-schema bound that depends on the served engine (vocabulary, context, max_n): the
+rollout app's OpenAPI document states the engine's value there (rollout_service/spec.py)."""
 
 
 class Sampling(BaseModel):
-    """Per-request overrides of the config's sampling settings (None: take the config's)."""
+    """Per-request overrides of the config's sampling settings (None: take the config's). Unknown
+    fields are refused."""
 
-    max_tokens: int | None = Field(default=None, gt=0, le=1 << 20, description="Most new tokens per response.")
+    model_config = ConfigDict(extra="forbid", strict=True)  # JSON types as the schema says: no "1" for 1
+
+    max_tokens: json_int(gt=0, le=1 << 20) | None = Field(default=None, json_schema_extra={BOUND: "max_tokens"},
+                                   description="Most new tokens per response; prompt + max_tokens must fit "
+                                               "the context.")
     temperature: float | None = Field(default=None, ge=0, le=MAX_TEMPERATURE, description="Sampling temperature.")
     top_p: float | None = Field(default=None, gt=0, le=1, description="Nucleus-sampling mass.")
     stop: list[Annotated[str, StringConstraints(min_length=1, max_length=256)]] | None = Field(
         default=None, max_length=16, description="Stop strings (at most 16, each 1-256 characters).")
-    seed: int | None = Field(default=None, ge=0, le=MAX_SEED, description="Base seed; response i uses seed + i.")
+    seed: json_int(ge=0, le=MAX_SEED) | None = Field(default=None, description="Base seed; response i uses seed + i.")
 
 
 class InvalidRequest(ValueError):
@@ -61,6 +87,21 @@ class InvalidRequest(ValueError):
         self.field = field
 
 
+@dataclass(frozen=True)
+class Piece:
+    """What one response produced since its previous piece (`submit_pieces`): with `stream`, a few
+    tokens at a time as they are sampled; without, the whole response at once."""
+
+    index: int  # which of the request's n responses
+    token_ids: list[int]
+    text: str
+    finish_reason: FinishReason | None  # set on a response's last piece
+    version: int  # the weights that sampled these tokens
+    tokens: list[str] | None = None  # with logprobs: each sampled token, decoded
+    logprobs: list[float] | None = None  # with logprobs: each sampled token's log-prob
+    top_logprobs: list[dict[str, float]] | None = None  # with logprobs=k: the k likeliest and the sampled
+
+
 @dataclass
 class _Request:
     prompt: list[int]
@@ -68,6 +109,8 @@ class _Request:
     on_output: Callable[[Any, int], None]  # (RequestOutput, policy version)
     on_error: Callable[[BaseException], None]
     version: int = 0
+    stream: bool = False  # every step's new tokens go to on_output (DELTA), not just the final output
+    rid: str = ""  # the engine's id for it while it runs
 
 
 @dataclass
@@ -108,6 +151,7 @@ class Engine:
         self._update: _Update | None = None
         self._ids = itertools.count()
         self._closed = False
+        self._encode_lock = threading.Lock()
         self.error: BaseException | None = None  # set if the engine thread died
         ready: Future = Future()
         self._thread = threading.Thread(target=self._main, args=(ready,), daemon=True,
@@ -135,11 +179,18 @@ class Engine:
         return self._max_model_len
 
     @property
+    def vocab_size(self) -> int:
+        """Token ids a prompt may hold: [0, vocab_size)."""
+        return self._vocab_size
+
+    @property
     def in_flight(self) -> int:
         return len(self._requests)
 
     def encode(self, text: str) -> list[int]:
-        return list(self._tokenizer.encode(text, add_special_tokens=False))
+        # Request threads tokenise at once; a fast tokenizer's state is not for sharing mid-call.
+        with self._encode_lock:
+            return list(self._tokenizer.encode(text, add_special_tokens=False))
 
     def submit(self, prompt_token_ids: Sequence[int], n: int | None = None,
                sampling: Sampling | None = None,
@@ -180,6 +231,57 @@ class Engine:
     def generate(self, prompt_token_ids: Sequence[int], n: int | None = None,
                  sampling: Sampling | None = None) -> list[Response]:
         return self.submit(prompt_token_ids, n, sampling).result()
+
+    def submit_pieces(self, prompt_token_ids: Sequence[int], n: int, sampling: Sampling,
+                      on_piece: Callable[[Piece], None], stream: bool = False,
+                      logprobs: int | None = None) -> Future[None]:
+        """Sample n responses for a client that reads text (the OpenAI surface), not for training.
+
+        `on_piece` is called on the engine thread (keep it cheap): with `stream`, with each step's
+        new tokens of a response (vLLM's DELTA outputs, only for these requests: the training path
+        keeps FINAL_ONLY); without, once per response. `logprobs`: None, or k >= 0 likeliest
+        alternatives per token besides the sampled one. The future resolves when the last response
+        has finished; cancelling it stops the responses still running. A weight update under
+        inflight_policy=abort resamples unstreamed responses like training ones, but lets streamed
+        ones finish on the weights they started with (their tokens are already out).
+        """
+        self._check_prompt(prompt_token_ids, n)
+        from vllm.sampling_params import RequestOutputKind
+
+        kind = RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY
+        params = [self._params(len(prompt_token_ids), i, sampling, kind=kind, logprobs=logprobs)
+                  for i in range(n)]
+        prompt = [int(t) for t in prompt_token_ids]
+        future: Future[None] = Future()
+        remaining = [n]
+
+        def outputs(i: int) -> Callable[[Any, int], None]:
+            def on_output(out: Any, version: int) -> None:
+                if future.done():  # cancelled, or failed: nobody reads the rest
+                    return
+                piece = _piece(i, out.outputs[0], version, logprobs)
+                self.metrics.add_tokens(len(piece.token_ids))
+                if piece.finish_reason is not None:
+                    self.metrics.responses.labels(piece.finish_reason.value).inc()
+                on_piece(piece)
+                if out.finished:
+                    remaining[0] -= 1
+                    if remaining[0] == 0 and not future.done():
+                        future.set_result(None)
+            return on_output
+
+        def fail(exc: BaseException) -> None:
+            if not future.done():
+                future.set_exception(exc)
+
+        requests = [_Request(prompt, p, outputs(i), fail, stream=stream) for i, p in enumerate(params)]
+        self._send("add", requests)
+        future.add_done_callback(lambda f: f.cancelled() and self._cancel(requests))
+        return future
+
+    def _cancel(self, requests: list[_Request]) -> None:
+        if self.error is None and not self._closed:
+            self._commands.put(("cancel", requests))
 
     def prompt_logprobs(self, token_ids: Sequence[int]) -> np.ndarray:
         """Log-prob of each token given the ones before it (teacher forcing): the weight probe."""
@@ -254,7 +356,9 @@ class Engine:
             raise InvalidRequest("prompt", f"{len(prompt)} tokens leave no room in the "
                                            f"{self._max_model_len}-token context")
 
-    def _params(self, prompt_len: int, i: int, s: Sampling) -> Any:
+    def _params(self, prompt_len: int, i: int, s: Sampling, kind: Any = None, logprobs: int | None = 0) -> Any:
+        """`kind`: vLLM's RequestOutputKind (default FINAL_ONLY); `logprobs`: alternatives per token
+        besides the sampled one (0: the sampled token's alone, what training needs; None: none)."""
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
@@ -271,8 +375,8 @@ class Engine:
                 top_p=c.top_p if s.top_p is None else s.top_p,
                 stop=list(c.stop if s.stop is None else s.stop) or None,
                 seed=None if seed is None else seed + i,
-                logprobs=0,  # 0: just the sampled token's log-prob
-                output_kind=RequestOutputKind.FINAL_ONLY)
+                logprobs=logprobs,  # 0: just the sampled token's log-prob
+                output_kind=RequestOutputKind.FINAL_ONLY if kind is None else kind)
         except ValueError as exc:  # vLLM's own range checks, which the edge bounds should pre-empt
             raise InvalidRequest("sampling", str(exc).splitlines()[0]) from None
 
@@ -340,11 +444,20 @@ class Engine:
 
     def _handle(self, kind: str, payload: Any) -> None:
         if kind == "add":
-            if self._update is not None and self.config.inflight_policy == "finish":
+            if self._update is not None:  # started after the load (under abort they would be resampled)
                 self._held.extend(payload)
             else:
                 for req in payload:
                     self._add(req)
+        elif kind == "cancel":
+            gone = {id(r) for r in payload}
+            self._held = [r for r in self._held if id(r) not in gone]
+            running = [r.rid for r in payload if self._requests.get(r.rid) is r]
+            if running:
+                self._engine.abort_request(running)
+                for rid in running:
+                    del self._requests[rid]
+                self.metrics.in_flight.set(len(self._requests))
         elif kind == "update":
             if self._update is not None:  # one at a time: a newer version replaces a queued one
                 self._update.future.set_exception(RuntimeError(
@@ -361,34 +474,38 @@ class Engine:
         except (ValueError, VLLMClientError) as exc:  # vLLM's input checks: fail the request only
             req.on_error(InvalidRequest("prompt", str(exc)))
             return
+        req.rid = rid
         self._requests[rid] = req
         self.metrics.in_flight.set(len(self._requests))
 
     def _step(self) -> None:
         for out in self._engine.step():
-            if not out.finished:
+            req = self._requests.get(out.request_id)
+            if req is None:  # aborted (cancelled, or to be resampled): its last output is void
                 continue
-            req = self._requests.pop(out.request_id, None)
-            if req is not None:
-                req.on_output(out, req.version)
+            if out.finished:
+                del self._requests[out.request_id]
+            elif not req.stream:
+                continue
+            req.on_output(out, req.version)
         self.metrics.in_flight.set(len(self._requests))
 
     def _maybe_apply_update(self) -> None:
         upd = self._update
         assert upd is not None
-        resample: list[_Request] = []
-        if self.config.inflight_policy == "abort" and self._requests:
-            ids = list(self._requests)
-            self._engine.abort_request(ids)
-            resample = [self._requests.pop(rid) for rid in ids]
-            # The engine reports aborted requests on the next step; drain them so the batch is empty.
-            while self._engine.has_unfinished_requests():
-                self._engine.step()
-            self.metrics.resubmitted.inc(len(resample))
-        elif self._requests:
-            return  # 'finish': keep stepping until the running requests are done
+        if self.config.inflight_policy == "abort":
+            # Streamed responses are not resampled (their tokens are out): they finish first.
+            ids = [rid for rid, req in self._requests.items() if not req.stream]
+            if ids:
+                self._engine.abort_request(ids)
+                self._held = [self._requests.pop(rid) for rid in ids] + self._held
+                self.metrics.resubmitted.inc(len(ids))
+        if self._requests:
+            return  # 'finish' (or streams under 'abort'): keep stepping until the running ones are done
+        # The engine reports aborted requests on the next step; drain them so the batch is empty.
+        while self._engine.has_unfinished_requests():
+            self._engine.step()
         self._update = None
-        self._held = resample + self._held
         try:
             self._load(upd)
         except BaseException as exc:
@@ -448,3 +565,19 @@ def _response(out: Any, version: int) -> Response:
         finish_reason=_FINISH.get(c.finish_reason or "stop", FinishReason.stop),
         policy_version=version)
 
+
+def _piece(index: int, c: Any, version: int, logprobs: int | None) -> Piece:
+    """A Piece from one vLLM CompletionOutput (a delta, or the whole response)."""
+    finish = None if c.finish_reason is None else _FINISH.get(c.finish_reason, FinishReason.stop)
+    ids = [int(t) for t in c.token_ids]
+    if logprobs is None or c.logprobs is None:
+        return Piece(index, ids, c.text, finish, version)
+    positions = list(c.logprobs)
+    tokens = [_decoded(d[t], t) for d, t in zip(positions, ids)]
+    top = [{_decoded(lp, t): float(lp.logprob) for t, lp in d.items()} for d in positions]
+    return Piece(index, ids, c.text, finish, version, tokens=tokens,
+                 logprobs=[float(d[t].logprob) for d, t in zip(positions, ids)], top_logprobs=top)
+
+
+def _decoded(lp: Any, token_id: int) -> str:
+    return lp.decoded_token if lp.decoded_token is not None else f"<{token_id}>"

@@ -8,9 +8,10 @@ import queue
 import threading
 import time
 from collections.abc import Iterable
+from typing import Annotated, Any
 
 import redis
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, Strict, model_validator
 
 from protocol.codec import encode_group
 from protocol.config.rollout import RolloutConfig
@@ -18,22 +19,47 @@ from protocol.queue import Backpressure, StreamProducer
 from protocol.schema import Group, Reference, Response, TaskKind
 from protocol.streams import LEARNER_GROUP, RunKeys
 from protocol.supervise import Supervisor
-from rollout_service.engine import Engine, InvalidRequest, Sampling
+from rollout_service.engine import BOUND, Engine, InvalidRequest, Sampling, json_int
+from rollout_service.errors import utf8_only
 
 log = logging.getLogger("ringrl.rollout")
 
 
-class Prompt(BaseModel):
-    """One prompt to sample a group for. Give the text or the token ids (or both)."""
+_PROMPT_RULES = {
+    # The validator's cross-field rules, stated in JSON Schema for clients and fuzzers.
+    "allOf": [
+        {"anyOf": [{"required": ["prompt"], "properties": {"prompt": {"type": "string", "minLength": 1}}},
+                   {"required": ["prompt_token_ids"],
+                    "properties": {"prompt_token_ids": {"type": "array", "minItems": 1}}}]},
+        {"oneOf": [{"properties": {"task": {"const": kind},
+                                   "reference": {"required": ["kind"], "properties": {"kind": {"const": kind}}}}}
+                   for kind in ("math", "code")]},
+    ],
+}
 
-    prompt_id: str = Field(default="", description="Caller's id of the prompt (data row).")
-    task: TaskKind = Field(description="Task kind: decides the verifier.")
+
+class Prompt(BaseModel):
+    """One prompt to sample a group for. Give the text or the token ids (or both: the ids are used),
+    non-empty; `reference.kind` must be `task`. Unknown fields are refused."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra=_PROMPT_RULES)
+
+    prompt_id: str = Field(default="", max_length=1024, description="Caller's id of the prompt (data row).")
+    task: Annotated[TaskKind, Strict(False)] = Field(description="Task kind: decides the verifier.")
     reference: Reference = Field(description="What the reward side checks responses against.")
     prompt: str | None = Field(default=None, description="Prompt text (tokenised by the engine).")
-    prompt_token_ids: list[int] | None = Field(default=None, description="Prompt as token ids.")
-    stage: str = Field(default="", description="Run stage the group belongs to.")
-    n: int | None = Field(default=None, gt=0, description="Responses to sample; default rollout.n.")
+    prompt_token_ids: list[Annotated[json_int(ge=0, lt=2**31), Field(json_schema_extra={BOUND: "token_id"})]] | None = Field(
+        default=None, json_schema_extra={BOUND: "prompt_ids"},
+        description="Prompt as token ids, inside the vocabulary; with max_tokens within the context.")
+    stage: str = Field(default="", max_length=1024, description="Run stage the group belongs to.")
+    n: json_int(gt=0) | None = Field(default=None, json_schema_extra={BOUND: "n"},
+                          description="Responses to sample (at most rollout.max_n); default rollout.n.")
     sampling: Sampling = Field(default_factory=Sampling, description="Sampling overrides.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unicode(cls, data: Any) -> Any:
+        return utf8_only(data)
 
     @model_validator(mode="after")
     def _has_prompt(self) -> Prompt:
@@ -133,19 +159,25 @@ class Rollouts:
 
     # ---- public API ---------------------------------------------------------------------
 
+    def check(self, prompt: Prompt) -> list[int]:
+        """The prompt's token ids; raises InvalidRequest (naming the field) for what the engine
+        would refuse. `submit` checks too; a caller with several prompts checks them all first."""
+        ids = prompt.prompt_token_ids or self.engine.encode(prompt.prompt or "")
+        if not ids:
+            raise InvalidRequest("prompt", "is empty after tokenisation")
+        self.engine.check(ids, prompt.n, prompt.sampling)
+        return ids
+
     def submit(self, prompt: Prompt, block: bool = False, timeout: float | None = None) -> str:
         """Queue one prompt; returns the id its group will carry. Raises InvalidRequest for input
         the engine refuses, queue.Full when max_pending_prompts are already waiting (block=False),
         Stopping once the server is shutting down."""
         if self._closing.is_set():
             raise Stopping("the rollout server is shutting down")
-        ids = prompt.prompt_token_ids or self.engine.encode(prompt.prompt or "")
+        ids = self.check(prompt)
         group = Group(prompt_id=prompt.prompt_id, task=prompt.task, stage=prompt.stage,
                       prompt_text=prompt.prompt or "", prompt_token_ids=ids,
                       reference=prompt.reference, responses=[])
-        if not ids:
-            raise InvalidRequest("prompt", "is empty after tokenisation")
-        self.engine.check(ids, prompt.n, prompt.sampling)
         with self._lock:
             self._active += 1
         try:

@@ -37,7 +37,10 @@ def test_every_route_but_healthz_needs_a_token(served: tuple[str, list[tuple[str
             continue
         for headers in ({}, _bearer("nope"), _bearer(API.upper())):
             r = httpx.request(method, url + path, headers=headers, json={})
-            assert r.status_code == 401 and r.json()["field"] == "authorization", (method, path, r.text)
+            # In the shape of the route's surface: OpenAI's `error.param` on /v1/completions and /v1/models.
+            body = r.json()
+            field = body["error"]["param"] if "error" in body else body["field"]
+            assert r.status_code == 401 and field == "authorization", (method, path, r.text)
     assert httpx.get(f"{url}/healthz").json() == {"ok": True}
 
 

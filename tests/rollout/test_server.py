@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -78,7 +79,7 @@ def test_rollouts_are_accepted_and_streamed(base_url: str, redis_client: redis.R
     ("/v1/rollouts", {"prompts": [{"task": "math", "reference": REF, "prompt": "x",
                                    "sampling": {"max_tokens": 9999}}]}, 400, "max_tokens"),
     ("/v1/completions", {"model": "ringrl-policy", "prompt": ""}, 400, "prompt"),
-    ("/v1/completions", {"model": "ringrl-policy", "prompt": "x", "n": 0}, 422, "n"),
+    ("/v1/completions", {"model": "ringrl-policy", "prompt": "x", "n": 0}, 400, "n"),  # OpenAI: 400
     ("/v1/completions", {"model": "ringrl-policy", "prompt": "x", "max_tokens": 9999}, 400, "max_tokens"),
     ("/v1/completions", {"model": "gpt-9", "prompt": "x"}, 404, "model"),
     # Hostile values that used to end the admission loop or the engine thread, or grow memory:
@@ -95,25 +96,56 @@ def test_rollouts_are_accepted_and_streamed(base_url: str, redis_client: redis.R
                                    "sampling": {"stop": ["a"] * 17}}]}, 422, "stop"),
     ("/v1/rollouts", {"prompts": [{"task": "math", "reference": REF, "prompt": "x"}] * 1025}, 422, "prompts"),
     ("/v1/completions", {"model": "ringrl-policy", "prompt": "x", "n": 10**6}, 400, "n"),
-    ("/v1/completions", {"model": "ringrl-policy", "prompt": "x", "seed": 2**70}, 422, "seed"),
-    ("/v1/completions", {"model": "ringrl-policy", "prompt": "x", "temperature": 3}, 422, "temperature"),
+    ("/v1/completions", {"model": "ringrl-policy", "prompt": "x", "seed": 2**70}, 400, "seed"),
+    ("/v1/completions", {"model": "ringrl-policy", "prompt": "x", "temperature": 3}, 400, "temperature"),
     ("/v1/completions", {"model": "ringrl-policy", "prompt": [[5, -1]]}, 400, "prompt"),
+    # Unknown fields, JSON types and cross-field rules, by name (the schema states them too):
+    ("/v1/rollouts", {"prompts": [{"task": "math", "reference": REF, "prompt": "x", "temperature": 0.5}]},
+     422, "prompts.0.temperature"),
+    ("/v1/rollouts", {"prompts": [{"task": "math", "reference": REF, "prompt": "x", "sampling": {"top_k": 5}}]},
+     422, "prompts.0.sampling.top_k"),
+    ("/v1/rollouts", {"prompts": [{"task": "math", "reference": REF, "prompt": "x", "n": "2"}]}, 422, "prompts.0.n"),
+    ("/v1/rollouts", {"prompts": [{"task": "code", "reference": REF, "prompt": "x"}]}, 422, "prompts.0.reference"),
+    ("/v1/weights", {"version": 5, "url": "http://127.0.0.1:1/x",
+                     "broadcast": {"host": "127.0.0.1", "port": 1, "rank": 1, "world_size": 2}}, 422, "url"),
+    ("/v1/weights", {"version": "5", "url": "http://127.0.0.1:1/x"}, 422, "version"),
     ("/v1/weights", {"version": 5}, 422, "url"),
     ("/v1/weights", {"version": 0, "url": "http://127.0.0.1:1/x"}, 409, "version"),
 ])
 def test_bad_input_names_the_field(base_url: str, path: str, body: dict, status: int, field: str) -> None:
     resp = httpx.post(f"{base_url}{path}", json=body)
     assert resp.status_code == status, resp.text
-    assert field in resp.json()["field"]
+    assert field in field_of(resp)
+
+
+def field_of(resp: httpx.Response) -> str:
+    """The field a refusal names: `field` on the native routes, `error.param` on the OpenAI ones."""
+    body = resp.json()
+    return body["error"]["param"] if "error" in body else body["field"]
+
+
+def test_a_refused_prompt_accepts_none_of_its_request(base_url: str) -> None:
+    ok = {"task": "math", "reference": REF, "prompt": "1 + 1"}
+    bad = {"task": "math", "reference": REF, "prompt_token_ids": [5, 10**9]}
+    before = httpx.get(f"{base_url}/healthz").json()["rollouts"]
+    resp = httpx.post(f"{base_url}/v1/rollouts", json={"prompts": [ok, ok, bad]})
+    assert resp.status_code == 400 and resp.json()["field"] == "prompts.2.prompt"
+    after = httpx.get(f"{base_url}/healthz").json()["rollouts"]
+    # The first two were not queued either (a client resubmitting the request would double them).
+    assert (after["active"], after["written"]) == (before["active"], before["written"])
 
 
 def test_still_serving_after_hostile_input_and_big_bodies_refused(base_url: str, redis_client: redis.Redis) -> None:
     big = b'{"prompts": [{"task": "math", "prompt": "' + b"x" * (9 << 20) + b'"}]}'
     resp = httpx.post(f"{base_url}/v1/rollouts", content=big, headers={"content-type": "application/json"})
     assert resp.status_code == 413
+    surrogate = json.dumps({"prompts": [{"task": "math", "reference": {"kind": "math", "answer": "\ud800"},
+                                         "prompt": "x"}]})
+    resp = httpx.post(f"{base_url}/v1/rollouts", content=surrogate, headers={"content-type": "application/json"})
+    assert resp.status_code == 422 and field_of(resp) == "prompts.0.reference.answer"
     nan = b'{"model": "ringrl-policy", "prompt": "x", "temperature": NaN}'
     resp = httpx.post(f"{base_url}/v1/completions", content=nan, headers={"content-type": "application/json"})
-    assert resp.status_code == 422 and "temperature" in resp.json()["field"]
+    assert resp.status_code == 400 and "temperature" in field_of(resp)
     health = httpx.get(f"{base_url}/healthz").json()
     assert health["ok"] and all(loop["restarts"] == 0 for loop in health["rollouts"]["loops"].values())
     resp = httpx.post(f"{base_url}/v1/rollouts", json={"prompts": [{"task": "math", "reference": REF,
