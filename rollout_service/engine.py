@@ -32,6 +32,7 @@ from protocol.config.rollout import RolloutConfig
 from protocol.schema import FinishReason, Response
 from rollout_service.kernels import refresh_cpu_kernels
 from rollout_service.metrics import RolloutMetrics
+from rollout_service.routing import RoutingRecorder
 
 WeightSource = Callable[[], Iterable[tuple[str, torch.Tensor]]]
 """Called on the engine thread; yields (HF name, tensor) pairs of one complete version."""
@@ -149,6 +150,7 @@ class Engine:
         self._requests: dict[str, _Request] = {}
         self._held: list[_Request] = []  # arrived while a 'finish' update drains the engine
         self._update: _Update | None = None
+        self._routing: RoutingRecorder | None = None  # with rollout.record_routing
         self._ids = itertools.count()
         self._closed = False
         self._encode_lock = threading.Lock()
@@ -210,7 +212,7 @@ class Engine:
 
         def done(i: int) -> Callable[[Any, int], None]:
             def on_output(out: Any, version: int) -> None:
-                resp = _response(out, version)
+                resp = _response(out, version, self._routing, len(prompt))
                 results[i] = resp
                 self.metrics.add_tokens(len(resp.token_ids))
                 self.metrics.responses.labels(resp.finish_reason.value).inc()
@@ -415,7 +417,12 @@ class Engine:
             distributed_executor_backend="uni", seed=c.seed or 0)
         if torch.cuda.is_available():
             kwargs["gpu_memory_utilization"] = c.gpu_memory_utilization
+        if c.record_routing:  # a cached prompt is never forwarded, so its routing would be missing
+            kwargs["enable_prefix_caching"] = False
         llm = LLM(**kwargs)
+        if c.record_routing:
+            self._routing = RoutingRecorder(
+                llm.llm_engine.engine_core.engine_core.model_executor.driver_worker.worker)
         self._engine = llm.llm_engine
         self._tokenizer = llm.get_tokenizer()
         self._max_model_len = llm.llm_engine.model_config.max_model_len
@@ -457,12 +464,17 @@ class Engine:
                 self._engine.abort_request(running)
                 for rid in running:
                     del self._requests[rid]
+                    self._forget_routing(rid)
                 self.metrics.in_flight.set(len(self._requests))
         elif kind == "update":
             if self._update is not None:  # one at a time: a newer version replaces a queued one
                 self._update.future.set_exception(RuntimeError(
                     f"weight version {self._update.version} superseded by {payload.version}"))
             self._update = payload
+
+    def _forget_routing(self, rid: str) -> None:
+        if self._routing is not None:
+            self._routing.discard(rid)
 
     def _add(self, req: _Request) -> None:
         req.version = self._version
@@ -488,6 +500,8 @@ class Engine:
             elif not req.stream:
                 continue
             req.on_output(out, req.version)
+            if out.finished:  # a training response took its routing; a streamed one has no use for it
+                self._forget_routing(out.request_id)
         self.metrics.in_flight.set(len(self._requests))
 
     def _maybe_apply_update(self) -> None:
@@ -499,6 +513,8 @@ class Engine:
             if ids:
                 self._engine.abort_request(ids)
                 self._held = [self._requests.pop(rid) for rid in ids] + self._held
+                for rid in ids:
+                    self._forget_routing(rid)
                 self.metrics.resubmitted.inc(len(ids))
         if self._requests:
             return  # 'finish' (or streams under 'abort'): keep stepping until the running ones are done
@@ -555,10 +571,14 @@ class Engine:
                 del self._llm, self._engine
 
 
-def _response(out: Any, version: int) -> Response:
+def _response(out: Any, version: int, routing: RoutingRecorder | None = None,
+              prompt_len: int = 0) -> Response:
+    """`routing`: the recorder whose rows for this request become `routed_experts`."""
     c = out.outputs[0]
     lps = c.logprobs or []
     return Response(
+        routed_experts=None if routing is None else routing.take(
+            out.request_id, prompt_len + len(c.token_ids) - 1),
         token_ids=np.asarray(c.token_ids, dtype=np.int32),
         logprobs=np.array([d[t].logprob for d, t in zip(lps, c.token_ids)], dtype=np.float32),
         text=c.text,

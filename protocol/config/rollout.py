@@ -44,6 +44,11 @@ class RolloutConfig(Section):
         default="finish",
         description="On a weight update, in-flight responses finish on the old weights first "
                     "(finish) or are aborted and resampled on the new ones (abort).")
+    record_routing: bool = Field(
+        default=False,
+        description="Return each response's routed experts (MoE) with it, for the learner's routing "
+                    "replay (learner.router_replay: r3): ~MoE layers x top-k bytes per token. Turns the "
+                    "engine's prefix caching off (a cached prompt is never forwarded, so it has no routing).")
     max_inflight_groups: int = Field(
         default=64, gt=0, description="Groups generating at once; further prompts wait their turn.")
     max_pending_prompts: int = Field(

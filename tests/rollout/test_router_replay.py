@@ -9,21 +9,22 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import load_file
 
 from learner.packing import microbatches
 from learner.trainer import Learner
 from protocol.codec import decode_group, encode_group
 from protocol.config.learner import LearnerConfig
 from protocol.schema import Group, MathReference, Response, TaskKind
+from rollout_service.engine import Engine, Sampling
 from rollout_service.kernels import refresh_cpu_kernels
 from rollout_service.routing import RoutingRecorder
-from tests.rollout.conftest import ModelDir
+from tests.rollout.conftest import ModelDir, engine_config
 
 
 def _groups(model: Path, dtype: str, prompts: int = 8, n: int = 4, reload: bool = False) -> list[Group]:
     """`reload`: the recorder is installed first, then the weights are reloaded in place as the
     engine does on a weight update."""
-    from safetensors.torch import load_file
     from vllm import LLM, SamplingParams
 
     llm = LLM(model=str(model), dtype=dtype, enforce_eager=True, max_model_len=256, seed=0,
@@ -96,3 +97,27 @@ def test_replay_closes_the_gap_to_a_bf16_engine(model_dir: ModelDir) -> None:
           f"mean {r3.mean():.3g} (learner's own routing would differ on {differ_r3:.2%})")
     assert differ_off > 0  # the comparison is meaningful: bf16 routing does flip here
     assert r3.max() < off.max() and r3.mean() < off.mean()
+
+
+def test_engine_returns_routing_across_an_aborting_update(model_dir: ModelDir) -> None:
+    """rollout.record_routing: every response carries its routing, resampled ones too (their first
+    request's rows are dropped at the abort), and it is the new weights' routing."""
+    old, new = model_dir("qwen3_moe", 0), model_dir("qwen3_moe", 1)
+    named = sorted(load_file(str(new / "model.safetensors")).items())
+    with Engine(str(old), engine_config(record_routing=True, inflight_policy="abort")) as e:
+        prompt = e.encode("What is 3 + 4 - 2?")
+        running = [e.submit(prompt, 2, Sampling(max_tokens=48)) for _ in range(3)]
+        e.update_weights(lambda: iter(named), version=1)
+        responses = [r for f in running for r in f.result()] + e.generate(prompt, 2)
+        assert e._routing is not None and not e._routing._rows  # nothing left behind
+    assert e.metrics.resubmitted._value.get() == 6
+    for r in responses:
+        assert r.policy_version == 1
+        assert r.routed_experts is not None
+        assert r.routed_experts.shape == (len(prompt) + len(r.token_ids) - 1, 4, 2)
+    for i, r in enumerate(responses):
+        r.reward = float(i % 2)
+    group = Group(prompt_id="p", task=TaskKind.math, prompt_token_ids=prompt,
+                  reference=MathReference(answer="1"), responses=responses)
+    gap, differ = _gap(new, [decode_group(encode_group(group))], "off")
+    assert differ == 0.0 and float(gap.max()) < 1e-4
