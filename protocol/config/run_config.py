@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from protocol.config.auth import AuthConfig
 from protocol.config.base import Section
@@ -22,6 +22,13 @@ class RunConfig(Section):
     reward: RewardConfig = Field(default_factory=RewardConfig, description="Verifiers and sandbox.")
     learner: LearnerConfig = Field(default_factory=LearnerConfig, description="C3PO training side.")
     auth: AuthConfig = Field(default_factory=AuthConfig, description="Bearer tokens of the HTTP APIs.")
+
+    @model_validator(mode="after")
+    def _replay_needs_routing(self) -> RunConfig:
+        if self.learner.router_replay == "r3" and not self.rollout.record_routing:
+            raise ValueError("learner.router_replay: r3 needs rollout.record_routing: true (the groups "
+                             "must carry the engine's routing to replay)")
+        return self
 
 
 def weight_hosts(cfg: RunConfig) -> list[str]:

@@ -90,3 +90,12 @@ def test_pin_kernels_fills_only_what_the_environment_leaves_open() -> None:
 
     env = {"MKL_CBWR": "COMPATIBLE"}
     assert pin_kernels(env) == {**KERNEL_ENV, "MKL_CBWR": "COMPATIBLE"} == env
+
+
+def test_routing_replay_without_recorded_routing_is_refused() -> None:
+    from protocol.config import ConfigError, parse_config
+
+    with pytest.raises(ConfigError, match="router_replay: r3 needs rollout.record_routing"):
+        parse_config({"learner": {"router_replay": "r3"}}, env={})
+    assert parse_config({"learner": {"router_replay": "r3"}, "rollout": {"record_routing": True}},
+                        env={}).learner.router_replay == "r3"
