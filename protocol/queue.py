@@ -38,7 +38,7 @@ for i = 3, #ARGV, 2 do
   local id = ARGV[i]
   local p = redis.call('XPENDING', KEYS[1], ARGV[1], id, id, 1, ARGV[2])
   if #p == 1 then
-    if KEYS[2] ~= '' then redis.call('XADD', KEYS[2], '*', 'd', ARGV[i + 1]) end
+    if KEYS[2] then redis.call('XADD', KEYS[2], '*', 'd', ARGV[i + 1]) end
     redis.call('XACK', KEYS[1], ARGV[1], id)
     redis.call('XDEL', KEYS[1], id)
     n = n + 1
@@ -321,7 +321,8 @@ class StreamConsumer:
         argv: list[bytes | str] = [self.group, self.consumer]
         for eid in ids:
             argv += [eid, b""]
-        return int(self._forward(keys=[self.stream, ""], args=argv))
+        # One key only: an ACL'd user may touch the run's keys alone, and "" is not one of them.
+        return int(self._forward(keys=[self.stream], args=argv))
 
     def pending(self) -> int:
         """Entries read by some consumer of the group and not yet acknowledged."""

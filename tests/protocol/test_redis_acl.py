@@ -49,6 +49,9 @@ def test_each_part_runs_the_pipeline_commands_on_the_run_keys(secured: tuple[Red
     entries = consumer.read(10, block_ms=100)
     assert [e.group.group_id for e in entries] == [f"{part}-g1"]
     assert consumer.forward([entries[0].id], keys.scored, [b"x"]) == 1  # the Lua hand-off
+    producer.produce([make_group(group_id=f"{part}-g2")])
+    second = consumer.read(10, block_ms=100)
+    assert consumer.ack([e.id for e in second]) == 1 and consumer.pending() == 0
     client.hset(keys.plan, mapping={"stage": "math"})
     assert client.exists(keys.plan) == 1 and client.publish(keys.weights, b"wake") >= 0
     for forbidden in (("FLUSHALL",), ("KEYS", "*"), ("CONFIG", "GET", "*"), ("CLIENT", "LIST"), ("BGSAVE",),
