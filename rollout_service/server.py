@@ -62,6 +62,8 @@ class WeightsRequest(BaseModel):
     def _one_source(self) -> "WeightsRequest":
         if (self.url is None) == (self.broadcast is None):
             raise ValueError("url: give exactly one of url or broadcast")
+        if self.broadcast is not None and self.checksum is not None:
+            raise ValueError("checksum: only with url (a broadcast carries its own checksum)")
         return self
 
 

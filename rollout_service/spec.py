@@ -97,10 +97,13 @@ def describe(app: FastAPI, engine: Engine, names: Sequence[str], weight_hosts: C
 
 def _weights(components: dict[str, Any], hosts: Collection[str]) -> None:
     request, spec = components["WeightsRequest"], components["BroadcastSpec"]
-    # Exactly one source: a string url, or a broadcast object (null counts as absent).
+    # Exactly one source: a string url (with an optional checksum), or a broadcast object, which
+    # carries its own checksum (null counts as absent).
+    # Each branch excludes the other's fields outright: generators then never mix them.
     request["oneOf"] = [
-        {"required": ["url"], "properties": {"url": {"type": "string"}}},
-        {"required": ["broadcast"], "properties": {"broadcast": {"type": "object"}}},
+        {"required": ["url"], "properties": {"url": {"type": "string"}, "broadcast": {"type": "null"}}},
+        {"required": ["broadcast"], "properties": {"broadcast": {"type": "object"}, "url": {"type": "null"},
+                                                   "checksum": {"type": "null"}}},
     ]
     if hosts:
         spec["properties"]["host"]["enum"] = sorted(hosts)

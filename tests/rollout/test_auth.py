@@ -70,6 +70,8 @@ def test_completions_with_the_api_token(served: tuple[str, list[tuple[str, str]]
     ({"broadcast": {"host": "10.0.0.1", "port": 29500, "rank": 1, "world_size": 2}}, "broadcast.host"),
     ({"url": "http://127.0.0.1:1/x", "version": 2**53}, "version"),
     ({"url": "http://127.0.0.1:1/x", "checksum": "not-hex"}, "checksum"),
+    ({"broadcast": {"host": "127.0.0.1", "port": 29500, "rank": 1, "world_size": 2},
+      "checksum": "0" * 64}, "checksum"),  # a broadcast carries its own: one given here would be ignored
 ])
 def test_weight_sources_outside_the_allow_list_are_refused(
         served: tuple[str, list[tuple[str, str]]], body: dict[str, object], field: str) -> None:
