@@ -183,6 +183,6 @@ def create_app(engine: Engine, rollouts: Rollouts | None = None,
         return status
 
     mount_observability(app, engine.metrics.registry, health or default_health)
-    describe(app, engine, [served, engine.model_path], hosts)
+    describe(app, engine, [served, engine.model_path], hosts, tokens)
     return app
 

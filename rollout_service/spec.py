@@ -20,7 +20,8 @@ from fastapi import FastAPI
 from pydantic import BaseModel, Field
 from pydantic.json_schema import models_json_schema
 
-from protocol.metrics import PROBES
+from protocol.auth import Tokens
+from protocol.openapi import declare_bearer, declare_probes
 from rollout_service.engine import BOUND, Engine
 from rollout_service.errors import NATIVE, ErrorBody, is_openai
 from rollout_service.openai_api import CompletionChunk
@@ -75,9 +76,10 @@ def _url_pattern(hosts: Collection[str]) -> str:
     return rf"^[hH][tT][tT][pP][sS]?://({names})(:[0-9]{{1,5}})?([/?#][^\s]*)?$"
 
 
-def describe(app: FastAPI, engine: Engine, names: Sequence[str], weight_hosts: Collection[str]) -> None:
-    """Make `app.openapi()` state this engine's bounds, the weight hosts, the cross-field rules
-    and the probes' answers."""
+def describe(app: FastAPI, engine: Engine, names: Sequence[str], weight_hosts: Collection[str],
+             tokens: Tokens) -> None:
+    """Make `app.openapi()` state this engine's bounds, the weight hosts, the cross-field rules,
+    the probes' answers and the bearer token."""
     generate = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -87,8 +89,10 @@ def describe(app: FastAPI, engine: Engine, names: Sequence[str], weight_hosts: C
             components = schema["components"]["schemas"]
             _weights(components, weight_hosts)
             _references_need_kind(components)
-            _probes(schema, components)
+            components.setdefault("ErrorBody", ErrorBody.model_json_schema())
+            declare_probes(schema, Health, "ErrorBody", NATIVE)
             _openai(schema, components)
+            declare_bearer(schema, tokens)
             app.openapi_schema = schema
         return app.openapi_schema
 
@@ -119,21 +123,6 @@ def _references_need_kind(components: dict[str, Any]) -> None:
         required = components[name].setdefault("required", [])
         if "kind" not in required:
             required.insert(0, "kind")
-
-
-def _probes(schema: dict[str, Any], components: dict[str, Any]) -> None:
-    components["Health"] = Health.model_json_schema()
-    components.setdefault("ErrorBody", ErrorBody.model_json_schema())
-    body = {"application/json": {"schema": {"$ref": "#/components/schemas/Health"}}}
-    error = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
-    for path in PROBES:
-        responses = schema["paths"][path]["get"]["responses"]
-        responses["200"] = {"description": "Up.", "content": body}
-        responses["503"] = {"description": "Down (healthz: restart it; readyz: take it out of rotation).",
-                            "content": body}
-        if path != "/healthz":  # /healthz is open (a stranger gets liveness alone)
-            for code in (401, 403):
-                responses[str(code)] = {"description": NATIVE[code], "content": error}
 
 
 def _openai(schema: dict[str, Any], components: dict[str, Any]) -> None:

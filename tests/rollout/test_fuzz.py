@@ -7,7 +7,9 @@ Sizes are bounded where the work is generation (CPU): at most a few prompts, cho
 request (`_bound`). Two things a fuzzer cannot bring are supplied: a weight file to pull (a
 schema-valid `url` is pointed at a real one, so valid updates really load), and a learner to
 broadcast (a schema-valid `broadcast` request is made stale, answered 409; broadcasts are tested in
-test_weights.py). RINGRL_FUZZ_EXAMPLES / RINGRL_FUZZ_SEED run it longer or elsewhere.
+test_weights.py). The server runs with a token, as deployed: the document declares the bearer
+scheme and the fuzz sends it (schemathesis' ignored_auth check then also tries without).
+RINGRL_FUZZ_EXAMPLES / RINGRL_FUZZ_SEED run it longer or elsewhere.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import redis
 import schemathesis
 from schemathesis.config import SchemathesisConfig
 
+from protocol.auth import Tokens
 from rollout_service.engine import Engine
 from rollout_service.server import create_app
 from rollout_service.streaming import Rollouts
@@ -31,6 +34,7 @@ from tests.rollout.conftest import engine_config, publish
 RUN = "fuzz"
 EXAMPLES = int(os.environ.get("RINGRL_FUZZ_EXAMPLES", "100"))
 SEED = int(os.environ.get("RINGRL_FUZZ_SEED", "15"))
+TOKENS = Tokens(api="fuzz-token", admin="fuzz-admin")
 CONFIG = dict(max_tokens=4, n=2, max_n=4, max_pending_prompts=16, max_inflight_groups=4,
               weight_connect_timeout_s=1.0, max_request_bytes=1 << 20)
 
@@ -47,7 +51,7 @@ def server(engine: Engine, redis_url: str, model_dir, file_server) -> Iterator[d
     rollouts = Rollouts(engine, client, RUN, engine_config(**CONFIG), max_backlog=8)
     weights = publish(file_server, model_dir("qwen3_moe", 1), "fuzz.safetensors")
     try:
-        with serving(create_app(engine, rollouts)) as url:
+        with serving(create_app(engine, rollouts, tokens=TOKENS)) as url:
             yield {"url": url, "weights": weights, "engine": engine, "rollouts": rollouts}
     finally:
         rollouts.stop()
@@ -61,8 +65,11 @@ def api(server: dict[str, Any]) -> Any:
         "generation": {"max-examples": EXAMPLES, "mode": "all", "database": "none"},
         "checks": {"enabled": True},
         "request-timeout": 60,
+        # The admin token: weight updates need it, and every other route takes it too.
+        "headers": TOKENS.headers(admin=True),
     })
-    return schemathesis.openapi.from_url(f"{server['url']}/openapi.json", config=config)
+    return schemathesis.openapi.from_url(f"{server['url']}/openapi.json", config=config,
+                                         headers=TOKENS.headers())
 
 
 schema = schemathesis.pytest.from_fixture("api")
@@ -139,10 +146,13 @@ def test_rollout_api_from_its_own_spec(case: Any, server: dict[str, Any]) -> Non
 
 def test_still_serving_after_the_fuzz(server: dict[str, Any]) -> None:
     url = server["url"]
-    health = httpx.get(f"{url}/healthz").json()
+    # The fuzz got past the token (401 is a declared answer, so it would pass without): valid
+    # weight updates, which need the admin token, were loaded.
+    assert server["engine"].version > 0
+    health = httpx.get(f"{url}/healthz", headers=TOKENS.headers()).json()
     assert health["ok"], health
     assert all(loop["restarts"] == 0 for loop in health["rollouts"]["loops"].values()), health
     resp = httpx.post(f"{url}/v1/completions", json={"model": "ringrl-policy", "prompt": "1 + 1 =",
-                                                     "max_tokens": 4}, timeout=60)
+                                                     "max_tokens": 4}, headers=TOKENS.headers(), timeout=60)
     assert resp.status_code == 200, resp.text
     assert resp.json()["choices"][0]["finish_reason"] in ("stop", "length")
