@@ -2,7 +2,12 @@
 
 `users_acl` is the whole ACL file (`redis-server --aclfile`); deploy/ generates it with
 `ringrl init-secrets` (compose) and the Helm chart renders the same lines from its Secret (a test
-holds them equal). The `default` user is off, so a client without a password can do nothing.
+holds them equal). A client without a password can do nothing.
+
+`default` is the operator's admin login, with a password of its own, and not switched off: Redis
+7.0 (Debian 12's) replays the transactions of its append-only file as the default user, and with
+that user off it drops every MULTI/EXEC — the audited appends, the forward script's effects — when
+it restarts (found by the multi-host fault run; tests/protocol/test_redis_acl.py holds it).
 """
 
 from __future__ import annotations
@@ -11,6 +16,9 @@ from collections.abc import Mapping
 
 PARTS = ("learner", "rollout", "reward", "driver")
 """Parts that talk to Redis; each logs in as the user of its name (redis.username)."""
+
+ADMIN_USER = "default"
+"""The operator's login (and the one Redis replays its AOF as): everything."""
 
 PROBE_USER = "probe"
 """May PING and nothing else: what a container health check logs in as."""
@@ -31,8 +39,8 @@ def user_line(name: str, password: str, rules: str) -> str:
 
 
 def users_acl(passwords: Mapping[str, str]) -> str:
-    """The ACL file for `passwords` (one per name in PARTS, plus PROBE_USER)."""
-    lines = ["user default off nopass resetkeys resetchannels nocommands"]
+    """The ACL file for `passwords` (one per name in PARTS, plus ADMIN_USER and PROBE_USER)."""
+    lines = [user_line(ADMIN_USER, passwords[ADMIN_USER], "~* &* +@all")]
     lines += [user_line(part, passwords[part], PART_RULES) for part in PARTS]
     lines.append(user_line(PROBE_USER, passwords[PROBE_USER], PROBE_RULES))
     return "\n".join(lines) + "\n"

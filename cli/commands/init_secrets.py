@@ -22,7 +22,7 @@ def layout(parts: tuple[str, ...]) -> dict[str, dict[str, str]]:
     out["redis"] = {"users.acl": "acl", "probe-password": "redis:probe"}
     out["prometheus"] = {API: "api"}
     out["grafana"] = {"admin-password": "grafana"}
-    out["operator"] = {API: "api", ADMIN: "admin"}  # for the people who run it
+    out["operator"] = {API: "api", ADMIN: "admin", REDIS: "redis:default"}  # for the people who run it
     return out
 
 
@@ -32,7 +32,7 @@ def register(app: typer.Typer, serve: typer.Typer) -> None:
         """Generate API/admin tokens, one Redis ACL user per part and the Redis ACL file into OUT;
         secrets already there are kept."""
         from cli.errors import fail
-        from protocol.redis_acl import PARTS, PROBE_USER, users_acl
+        from protocol.redis_acl import ADMIN_USER, PARTS, PROBE_USER, users_acl
 
         plan = layout(PARTS)
         known: dict[str, str] = {}
@@ -41,7 +41,8 @@ def register(app: typer.Typer, serve: typer.Typer) -> None:
                 path = out / folder / name
                 if what != "acl" and path.is_file():
                     known.setdefault(what, path.read_text().strip())
-        names = {"api", "admin", "grafana", f"redis:{PROBE_USER}", *(f"redis:{p}" for p in PARTS)}
+        names = {"api", "admin", "grafana", f"redis:{PROBE_USER}", f"redis:{ADMIN_USER}",
+                 *(f"redis:{p}" for p in PARTS)}
         value = {what: known.get(what) or secrets.token_urlsafe(32) for what in names}
         value["acl"] = users_acl({name.split(":", 1)[1]: v for name, v in value.items() if name.startswith("redis:")})
         written = 0

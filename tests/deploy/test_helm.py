@@ -291,7 +291,8 @@ def test_config_map_holds_the_run_config() -> None:
     assert run["run"] == {"name": "exp7"} and run["reward"]["workers"] == 1
 
 
-PASSWORDS = {"learner": "pw-l", "rollout": "pw-r", "reward": "pw-w", "driver": "pw-d", "probe": "pw-p"}
+PASSWORDS = {"learner": "pw-l", "rollout": "pw-r", "reward": "pw-w", "driver": "pw-d", "probe": "pw-p",
+             "default": "pw-admin"}
 
 
 def _secret_data(objs: dict[tuple[str, str], dict[str, Any]]) -> dict[str, str]:

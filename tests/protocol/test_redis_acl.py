@@ -21,11 +21,12 @@ from tests.protocol.strategies import make_group
 
 @pytest.fixture(scope="module")
 def secured(tmp_path_factory: pytest.TempPathFactory) -> tuple[RedisProcess, Path]:
+    """Redis as deployed: the ACL file init-secrets writes, append-only file fsynced per write."""
     secrets = tmp_path_factory.mktemp("secrets")
     out = subprocess.run([str(Path(sys.executable).parent / "ringrl"), "init-secrets", str(secrets)],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    server = RedisProcess(str(tmp_path_factory.mktemp("redis")), persist=False,
+    server = RedisProcess(str(tmp_path_factory.mktemp("redis")), persist=True,
                           args=("--aclfile", str(secrets / "redis" / "users.acl")))
     yield server, secrets
     server.stop()
@@ -88,3 +89,17 @@ def test_a_refused_login_ends_a_service_with_one_line(secured: tuple[RedisProces
     assert out.stderr.strip().splitlines() == [
         "error: redis.username/password_file: Redis refused the login (invalid username-password pair "
         "or user is disabled.)"]
+
+
+def test_transactions_survive_a_restart_under_the_acl(secured: tuple[RedisProcess, Path]) -> None:
+    """Redis 7.0 replays its append-only file as the `default` user: with that user switched off
+    it dropped every MULTI/EXEC (the audited appends, the hand-off script's effects) on restart."""
+    server, _ = secured
+    client = _part(secured, "rollout")
+    keys = RunKeys("acl-restart")
+    producer = StreamProducer(client, keys.rollouts, audit_set=keys.audit_written)
+    producer.produce_raw([b"payload"], ids=["g-restart"])  # XADD + SADD in one MULTI/EXEC
+    server.kill()
+    server.start()
+    after = _part(secured, "driver")
+    assert after.smembers(keys.audit_written) == {b"g-restart"} and after.xlen(keys.rollouts) == 1

@@ -182,7 +182,7 @@ capabilities:
      protocol.redis_acl.users_acl() writes for the same passwords (tests/deploy/test_helm.py holds
      them equal), so `ringrl init-secrets` and the chart give Redis the same users and rules. */}}
 {{- define "ringrl.usersAcl" -}}
-user default off nopass resetkeys resetchannels nocommands
+user default on >{{ get . "redis-default" }} ~* &* +@all
 {{ range $part := list "learner" "rollout" "reward" "driver" -}}
 user {{ $part }} on >{{ get $ (printf "redis-%s" $part) }} resetkeys ~ringrl:* resetchannels &ringrl:* nocommands +@read +@write +@stream +@hash +@set +@keyspace +@pubsub +@transaction +@connection +@scripting -@dangerous -@admin
 {{ end -}}
