@@ -112,6 +112,8 @@ class Scenario:
         self.run_dir, self.stall_s, self.cut_s, self.say, self.model = run_dir, stall_s, cut_s, log, model
         self.seed = seed
         self.total = math_steps + code_steps
+        # A previous run's volumes would make this one resume it (a finished learner, its audit).
+        shutil.rmtree(run_dir / "stack", ignore_errors=True)
         run_dir.mkdir(parents=True, exist_ok=True)
         self.config = run_yaml(run_dir, math_steps, code_steps, sft_steps)
         self.run_name = yaml.safe_load(self.config.read_text())["run"]["name"]
