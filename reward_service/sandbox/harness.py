@@ -54,6 +54,17 @@ def _ringrl_finish(code):
             code = code or 120
     os._exit(code)
 
+def _ringrl_end_with(fn, *args):
+    """Run fn(*args) and end the process with its exit code (a SystemExit's, 1 on an error)."""
+    try:
+        code = fn(*args)
+    except SystemExit as e:
+        code = _ringrl_exit_code(e.code)
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    _ringrl_finish(code)
+
 def _ringrl_program(src):
     """Compile and run the program as __main__; returns its globals."""
     try:
@@ -199,14 +210,7 @@ def _ringrl_harness():
         os.close(req_w)
         os.close(resp_r)
         del test
-        try:
-            code = _ringrl_candidate(src, req_r, resp_w)
-        except SystemExit as e:
-            code = _ringrl_exit_code(e.code)
-        except BaseException:
-            traceback.print_exc()
-            code = 1
-        _ringrl_finish(code)
+        _ringrl_end_with(_ringrl_candidate, src, req_r, resp_w)
     os.close(req_r)
     os.close(resp_w)
     del src
@@ -228,16 +232,7 @@ def _ringrl_harness():
     rc = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
     return rc if rc >= 0 else 128 - rc
 '''
-HARNESS = HARNESS_DEF + r'''
-try:
-    _ringrl_code = _ringrl_harness()
-except SystemExit as e:
-    _ringrl_code = _ringrl_exit_code(e.code)
-except BaseException:
-    traceback.print_exc()
-    _ringrl_code = 1
-_ringrl_finish(_ringrl_code)
-'''
+HARNESS = HARNESS_DEF + "\n_ringrl_end_with(_ringrl_harness)\n"
 
 
 def header(mode: str, src: bytes, test: bytes, entry: str, cpu_s: int, memory_bytes: int,

@@ -41,14 +41,7 @@ def _ringrl_child(fds):
     sys.stderr = sys.__stderr__ = open(2, "w", encoding="utf-8", errors="backslashreplace",
                                        closefd=False)
     os.chdir("/tmp")
-    try:
-        code = _ringrl_harness()
-    except SystemExit as e:
-        code = _ringrl_exit_code(e.code)
-    except BaseException:
-        traceback.print_exc()
-        code = 1
-    _ringrl_finish(code)
+    _ringrl_end_with(_ringrl_harness)
 
 def _ringrl_reap():
     left = 0
