@@ -116,9 +116,15 @@ def test_sigkilled_learner_trains_every_group_once(redis_url: str, redis_client:
     first = _serve(cfg)
     try:
         deadline = time.monotonic() + 300
-        while int(redis_client.hget(keys.learner_state, "version") or 0) < 5:  # checkpoint at 4, then one more
+        while True:  # past the checkpoint at 4, frozen at a moment when read entries wait unacked
             assert first.poll() is None, first.stderr.read() if first.stderr else ""
             assert time.monotonic() < deadline, "the learner made no progress"
+            if int(redis_client.hget(keys.learner_state, "version") or 0) >= 5:
+                # a checkpoint acks all it read: freezing right after one would leave nothing pending
+                first.send_signal(signal.SIGSTOP)
+                if int(redis_client.xpending(keys.scored, LEARNER_GROUP)["pending"]) > 0:
+                    break
+                first.send_signal(signal.SIGCONT)
             time.sleep(0.05)
         first.send_signal(signal.SIGKILL)
         first.wait(30)
