@@ -18,6 +18,7 @@ from protocol.schema import (
     Verdict,
     VerdictStatus,
     check_routing_rows,
+    check_token_versions,
 )
 
 _I32 = np.dtype("<i4")
@@ -46,6 +47,7 @@ def _response_to_wire(r: Any) -> dict[str, Any]:
         "text": r.text,
         "finish": r.finish_reason.value,
         "ver": r.policy_version,
+        "tv": [list(seg) for seg in r.token_versions],
         "reward": r.reward,
         "verdict": None if r.verdict is None else [r.verdict.status.value, r.verdict.detail],
         "re": None if r.routed_experts is None else _routing_to_wire(r.routed_experts),
@@ -132,6 +134,7 @@ def _response(r: dict, i: int, prompt_len: int) -> Response:
     version = _check(r["ver"], int, f"{f}.policy_version")
     if version < 0:
         raise DecodeError(f"invalid group field {f}.policy_version: negative")
+    segments = _token_versions(r.get("tv"), version, len(tok), f)
     verdict = r["verdict"]
     if verdict is not None:
         _check(verdict, list, f"{f}.verdict")
@@ -150,9 +153,25 @@ def _response(r: dict, i: int, prompt_len: int) -> Response:
     return _construct(Response, _RESPONSE_FIELDS, {
         "token_ids": tok, "logprobs": lp, "text": _check(r["text"], str, f"{f}.text"),
         "finish_reason": _enum(FinishReason, r["finish"], f"{f}.finish_reason"),
-        "policy_version": version,
+        "policy_version": version, "token_versions": segments,
         "reward": _check(r["reward"], (int, float), f"{f}.reward", optional=True), "verdict": verdict,
         "routed_experts": routed})
+
+
+def _token_versions(raw: Any, version: int, num_tokens: int, f: str) -> list[tuple[int, int]]:
+    if raw is None:  # a v1/v2 message: one version sampled every token
+        return [(0, version)]
+    _check(raw, list, f"{f}.token_versions")
+    segments = []
+    for seg in raw:
+        if not isinstance(seg, list) or len(seg) != 2:
+            raise DecodeError(f"invalid group field {f}.token_versions: expected [start, version] pairs")
+        segments.append((_check(seg[0], int, f"{f}.token_versions"), _check(seg[1], int, f"{f}.token_versions")))
+    try:
+        check_token_versions(segments, num_tokens, version)
+    except ValueError as exc:
+        raise DecodeError(f"invalid group field {f}.{exc}") from None
+    return segments
 
 
 def decode_group(data: bytes) -> Group:

@@ -17,9 +17,11 @@ from pydantic import (
     model_validator,
 )
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """Bumped on any change a reader of the previous version would misread. v2: responses may carry
-`routed_experts` (a v1 reader would drop them silently, so it refuses v2 messages)."""
+`routed_experts` (a v1 reader would drop them silently, so it refuses v2 messages). v3: a response's
+tokens may come from several weight versions (`token_versions`; a v2 reader would take them all for
+`policy_version`'s, so it refuses v3 messages)."""
 
 
 def _as_int32(value: object) -> np.ndarray:
@@ -114,12 +116,23 @@ class Verdict(_Model):
     detail: str = Field(default="", description="Short human-readable reason.")
 
 
+VersionSegments = list[tuple[int, int]]
+"""(first token index, weight version) per run of tokens one version sampled, in token order."""
+
+
 class Response(_Model):
     token_ids: TokenIds = Field(description="Sampled response tokens (prompt excluded).")
     logprobs: LogProbs = Field(description="Behaviour log-prob of each sampled token.")
     text: str = Field(default="", description="Detokenised response, for the verifiers.")
     finish_reason: FinishReason = FinishReason.stop
-    policy_version: int = Field(ge=0, description="Weight version that generated this response.")
+    policy_version: int = Field(
+        ge=0, description="The oldest weight version that sampled one of its tokens (the only one unless "
+                          "a weight update continued the response: see token_versions).")
+    token_versions: VersionSegments = Field(
+        default_factory=list,
+        description="The version that sampled each token, as (first token index, version) segments: "
+                    "[(0, 3), (40, 4)] is tokens 0-39 by version 3 and the rest by version 4. Starts at 0, "
+                    "strictly increasing, adjacent versions differ; empty input means [(0, policy_version)].")
     reward: float | None = Field(default=None, description="Set by the reward side.")
     verdict: Verdict | None = Field(default=None, description="Set by the reward side.")
     routed_experts: ExpertIds | None = Field(
@@ -132,7 +145,39 @@ class Response(_Model):
     def _one_logprob_per_token(self) -> "Response":
         if len(self.token_ids) != len(self.logprobs):
             raise ValueError(f"{len(self.token_ids)} tokens but {len(self.logprobs)} log-probs")
+        if not self.token_versions:
+            self.token_versions = [(0, self.policy_version)]
+        check_token_versions(self.token_versions, len(self.token_ids), self.policy_version)
         return self
+
+    @property
+    def newest_version(self) -> int:
+        """The newest weight version that sampled one of its tokens."""
+        return max(v for _, v in self.token_versions)
+
+    def versions(self) -> np.ndarray:
+        """The weight version of each token, [len(token_ids)] int64."""
+        out = np.empty(len(self.token_ids), dtype=np.int64)
+        ends = [s for s, _ in self.token_versions[1:]] + [len(out)]
+        for (start, version), end in zip(self.token_versions, ends):
+            out[start:end] = version
+        return out
+
+
+def check_token_versions(segments: VersionSegments, num_tokens: int, policy_version: int) -> None:
+    """Raise ValueError unless `segments` are canonical version segments of `num_tokens` tokens whose
+    oldest version is `policy_version`."""
+    if not segments or segments[0][0] != 0:
+        raise ValueError("token_versions: must start with the segment at token 0")
+    for (s0, v0), (s1, v1) in zip(segments, segments[1:]):
+        if s1 <= s0 or s1 >= num_tokens:
+            raise ValueError(f"token_versions: segment start {s1} is not after {s0} and inside the "
+                             f"{num_tokens} tokens")
+        if v1 == v0:
+            raise ValueError(f"token_versions: adjacent segments with the same version {v0}")
+    oldest = min(v for _, v in segments)
+    if oldest < 0 or oldest != policy_version:
+        raise ValueError(f"token_versions: oldest version {oldest} is not policy_version {policy_version}")
 
 
 def check_routing_rows(rows: int, prompt_len: int, response_len: int, index: int) -> None:
@@ -168,7 +213,7 @@ class Group(_Model):
 
     @property
     def policy_version(self) -> int:
-        """The oldest version that contributed: what the staleness bound is measured against."""
+        """The oldest version that sampled one of its tokens."""
         return min(r.policy_version for r in self.responses)
 
     @property

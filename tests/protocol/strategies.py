@@ -27,10 +27,15 @@ def responses(draw: st.DrawFn) -> Response:
     toks = draw(tokens)
     lps = draw(st.lists(floats32, min_size=len(toks), max_size=len(toks)))
     scored = draw(st.booleans())
+    oldest = draw(st.integers(0, 2**40))
+    # a response continued across weight updates: later segments by newer versions
+    starts = sorted(draw(st.sets(st.integers(1, max(len(toks) - 1, 1)), max_size=3))) if len(toks) > 1 else []
+    steps = [draw(st.integers(1, 5)) for _ in starts]
+    versions = [oldest + sum(steps[:i]) for i in range(len(starts) + 1)]
     return Response(
         token_ids=np.array(toks, dtype=np.int64), logprobs=lps, text=draw(text),
         finish_reason=draw(st.sampled_from(FinishReason)),
-        policy_version=draw(st.integers(0, 2**40)),
+        policy_version=oldest, token_versions=list(zip([0, *starts], versions)),
         reward=draw(st.floats(allow_nan=False)) if scored else None,
         verdict=Verdict(status=draw(st.sampled_from(VerdictStatus)), detail=draw(text))
         if scored else None)

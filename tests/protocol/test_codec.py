@@ -70,7 +70,7 @@ def test_v1_reader_refuses_routing_messages(monkeypatch: pytest.MonkeyPatch) -> 
     wire = encode_group(_with_routing())
     monkeypatch.setattr(codec, "SCHEMA_VERSION", 1)
     with pytest.raises(SchemaVersionError,
-                       match=r"group schema v2, this reader knows up to v1: upgrade ringrl on this side"):
+                       match=rf"group schema v{SCHEMA_VERSION}, this reader knows up to v1: upgrade ringrl on this side"):
         decode_group(wire)
 
 
@@ -78,8 +78,69 @@ def test_v1_message_still_read() -> None:
     msg = msgpack.unpackb(encode_group(make_group()))
     msg["v"] = 1
     for r in msg["g"]["responses"]:
-        del r["re"]
+        del r["re"], r["tv"]
     assert decode_group(msgpack.packb(msg)).responses[0].routed_experts is None
+
+
+CONTINUED = make_group(n=2, length=16)
+
+
+def _continued() -> Group:
+    """Responses continued across two weight updates: tokens 0-4 by v3, 5-9 by v4, the rest by v6."""
+    g = CONTINUED
+    return g.model_copy(update={"responses": [
+        Response(**{**r.model_dump(), "token_versions": [(0, 3), (5, 4), (10, 6)]}) for r in g.responses]})
+
+
+def test_token_versions_travel_exactly() -> None:
+    back = decode_group(encode_group(_continued()))
+    assert_same(back, _continued())
+    r = back.responses[0]
+    assert r.token_versions == [(0, 3), (5, 4), (10, 6)]
+    assert (r.policy_version, r.newest_version) == (3, 6)
+    assert r.versions().tolist() == [3] * 5 + [4] * 5 + [6] * 6
+
+
+def test_v2_reader_refuses_per_token_versions(monkeypatch: pytest.MonkeyPatch) -> None:
+    # a v2 reader would credit every token to policy_version; it refuses instead
+    wire = encode_group(_continued())
+    monkeypatch.setattr(codec, "SCHEMA_VERSION", 2)
+    with pytest.raises(SchemaVersionError,
+                       match=r"group schema v3, this reader knows up to v2: upgrade ringrl on this side"):
+        decode_group(wire)
+
+
+def test_v2_message_read_as_one_version() -> None:
+    # a v2 writer could not continue a response across an update: policy_version sampled every token
+    msg = msgpack.unpackb(encode_group(make_group(length=7)))
+    msg["v"] = 2
+    for r in msg["g"]["responses"]:
+        del r["tv"]
+    r = decode_group(msgpack.packb(msg)).responses[0]
+    assert r.token_versions == [(0, 3)] and r.versions().tolist() == [3] * 7
+
+
+@pytest.mark.parametrize("segments, reason", [
+    ([[1, 3]], "must start with the segment at token 0"),
+    ([[0, 3], [16, 4]], "segment start 16 is not after 0 and inside the 16 tokens"),
+    ([[0, 3], [5, 4], [5, 6]], "segment start 5 is not after 5"),
+    ([[0, 3], [5, 3]], "adjacent segments with the same version 3"),
+    ([[0, 4], [5, 6]], "oldest version 4 is not policy_version 3"),
+])
+def test_bad_token_versions_refused(segments: list, reason: str) -> None:
+    msg = msgpack.unpackb(encode_group(_continued()))
+    msg["g"]["responses"][1]["tv"] = segments
+    with pytest.raises(DecodeError, match=rf"responses\.1\.token_versions: {reason}"):
+        decode_group(msgpack.packb(msg))
+    with pytest.raises(ValueError, match=reason):
+        Response(token_ids=list(range(16)), logprobs=[0.0] * 16, policy_version=3, token_versions=segments)
+
+
+def test_token_versions_must_be_pairs() -> None:
+    msg = msgpack.unpackb(encode_group(_continued()))
+    msg["g"]["responses"][0]["tv"] = [[0, 3, 1]]
+    with pytest.raises(DecodeError, match=r"responses\.0\.token_versions: expected \[start, version\] pairs"):
+        decode_group(msgpack.packb(msg))
 
 
 def test_routing_rows_must_cover_the_sequence() -> None:
