@@ -6,9 +6,9 @@ model from us (in-place weight loads need it) and costs ~30 s to start on CPU. T
 running batch at every `step()`, and each finishes on its own. One thread owns the engine, so
 weight updates happen between steps with no locking against generation.
 
-Each response is its own engine request (n = 1), so a weight update can abort and resample one
-response without touching its siblings, and every response records the version that produced
-all of its tokens.
+Each response is its own engine request (n = 1), so a weight update can abort and resample, or
+interrupt and continue (rollout_service/partial.py), one response without touching its siblings,
+and every response records the version that sampled each of its tokens.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from protocol.config.rollout import RolloutConfig
 from protocol.schema import FinishReason, Response
 from rollout_service.kernels import refresh_cpu_kernels
 from rollout_service.metrics import RolloutMetrics
+from rollout_service.partial import Segment, continued_params, join, so_far
 from rollout_service.routing import RoutingRecorder
 
 WeightSource = Callable[[], Iterable[tuple[str, torch.Tensor]]]
@@ -105,13 +106,15 @@ class Piece:
 
 @dataclass
 class _Request:
-    prompt: list[int]
+    prompt: list[int]  # with inflight_policy=continue, the original prompt + the segments' tokens
     params: Any  # vllm.SamplingParams
-    on_output: Callable[[Any, int], None]  # (RequestOutput, policy version)
+    on_output: Callable[[Any, "_Request"], None]  # (RequestOutput, this request)
     on_error: Callable[[BaseException], None]
-    version: int = 0
+    version: int = 0  # the weights it runs on now
     stream: bool = False  # every step's new tokens go to on_output (DELTA), not just the final output
+    continuable: bool = False  # a training response: a weight update under 'continue' continues it
     rid: str = ""  # the engine's id for it while it runs
+    segments: list[Segment] = field(default_factory=list)  # sampled before weight updates interrupted it
 
 
 @dataclass
@@ -210,9 +213,9 @@ class Engine:
         results: list[Response | None] = [None] * n
         remaining = [n]
 
-        def done(i: int) -> Callable[[Any, int], None]:
-            def on_output(out: Any, version: int) -> None:
-                resp = _response(out, version, self._routing, len(prompt))
+        def done(i: int) -> Callable[[Any, _Request], None]:
+            def on_output(out: Any, req: _Request) -> None:
+                resp = self._response(out, req, len(prompt))
                 results[i] = resp
                 self.metrics.add_tokens(len(resp.token_ids))
                 self.metrics.responses.labels(resp.finish_reason.value).inc()
@@ -227,7 +230,8 @@ class Engine:
             if not future.done():
                 future.set_exception(exc)
 
-        self._send("add", [_Request(prompt, p, done(i), fail) for i, p in enumerate(params)])
+        self._send("add", [_Request(prompt, p, done(i), fail, continuable=True)
+                           for i, p in enumerate(params)])
         return future
 
     def generate(self, prompt_token_ids: Sequence[int], n: int | None = None,
@@ -245,7 +249,8 @@ class Engine:
         alternatives per token besides the sampled one. The future resolves when the last response
         has finished; cancelling it stops the responses still running. A weight update under
         inflight_policy=abort resamples unstreamed responses like training ones, but lets streamed
-        ones finish on the weights they started with (their tokens are already out).
+        ones finish on the weights they started with (their tokens are already out); under continue,
+        unstreamed ones are resampled too (a Piece has one version) and streamed ones finish.
         """
         self._check_prompt(prompt_token_ids, n)
         from vllm.sampling_params import RequestOutputKind
@@ -257,11 +262,11 @@ class Engine:
         future: Future[None] = Future()
         remaining = [n]
 
-        def outputs(i: int) -> Callable[[Any, int], None]:
-            def on_output(out: Any, version: int) -> None:
+        def outputs(i: int) -> Callable[[Any, _Request], None]:
+            def on_output(out: Any, req: _Request) -> None:
                 if future.done():  # cancelled, or failed: nobody reads the rest
                     return
-                piece = _piece(i, out.outputs[0], version, logprobs)
+                piece = _piece(i, out.outputs[0], req.version, logprobs)
                 self.metrics.add_tokens(len(piece.token_ids))
                 if piece.finish_reason is not None:
                     self.metrics.responses.labels(piece.finish_reason.value).inc()
@@ -295,7 +300,7 @@ class Engine:
         future: Future[np.ndarray] = Future()
         ids = [int(t) for t in token_ids]
 
-        def on_output(out: Any, version: int) -> None:
+        def on_output(out: Any, req: _Request) -> None:
             lps = out.prompt_logprobs[1:]
             future.set_result(np.array([d[t].logprob for d, t in zip(lps, ids[1:])], dtype=np.float64))
 
@@ -309,7 +314,8 @@ class Engine:
         """Load a complete version in place (between steps); returns the seconds it took.
 
         With inflight_policy=finish, new requests wait while running ones finish on the old
-        weights; with abort, running ones are stopped and sampled again on the new weights.
+        weights; with abort, running ones are stopped and sampled again on the new weights; with
+        continue, running training responses keep their tokens and go on under the new weights.
         If `source` raises (a broken transfer, a checksum mismatch), the error propagates and the
         engine keeps its old version number but is marked unhealthy: its weights may be partial.
         """
@@ -499,7 +505,7 @@ class Engine:
                 del self._requests[out.request_id]
             elif not req.stream:
                 continue
-            req.on_output(out, req.version)
+            req.on_output(out, req)
             if out.finished:  # a training response took its routing; a streamed one has no use for it
                 self._forget_routing(out.request_id)
         self.metrics.in_flight.set(len(self._requests))
@@ -507,17 +513,23 @@ class Engine:
     def _maybe_apply_update(self) -> None:
         upd = self._update
         assert upd is not None
-        if self.config.inflight_policy == "abort":
-            # Streamed responses are not resampled (their tokens are out): they finish first.
+        policy = self.config.inflight_policy
+        if policy != "finish":
+            # Streamed responses are neither resampled nor continued (their tokens are out, labelled
+            # with one version and checked for stop strings as they went): they finish first.
             ids = [rid for rid, req in self._requests.items() if not req.stream]
             if ids:
+                stopped = [self._requests.pop(rid) for rid in ids]
+                for req in stopped:
+                    if policy == "continue" and req.continuable:
+                        self._interrupt(req)  # before the abort, which forgets what it sampled
+                    else:
+                        self._forget_routing(req.rid)
                 self._engine.abort_request(ids)
-                self._held = [self._requests.pop(rid) for rid in ids] + self._held
-                for rid in ids:
-                    self._forget_routing(rid)
+                self._held = stopped + self._held
                 self.metrics.resubmitted.inc(len(ids))
         if self._requests:
-            return  # 'finish' (or streams under 'abort'): keep stepping until the running ones are done
+            return  # 'finish' (or streams): keep stepping until the running ones are done
         # The engine reports aborted requests on the next step; drain them so the batch is empty.
         while self._engine.has_unfinished_requests():
             self._engine.step()
@@ -535,6 +547,37 @@ class Engine:
         held, self._held = self._held, []
         for req in held:
             self._add(req)
+
+    def _interrupt(self, req: _Request) -> None:
+        """Keep what `req` has sampled as a segment; its next engine request goes on from there."""
+        seg = so_far(self._engine, req.rid)
+        if not seg.token_ids:  # nothing sampled yet: it simply starts again, as it was
+            self._forget_routing(req.rid)
+            return
+        seg.version = req.version
+        if self._routing is not None:
+            # the first segment's rows cover the prompt; a later one's start where the last ended
+            rows = self._routing.take(req.rid, len(req.prompt) + len(seg.token_ids) - 1)
+            seg.routing = rows[len(req.prompt) - 1:] if req.segments else rows
+        start = sum(len(s.token_ids) for s in req.segments)
+        req.params = continued_params(req.params, len(seg.token_ids), start + len(seg.token_ids))
+        req.prompt = req.prompt + seg.token_ids
+        req.segments.append(seg)
+
+    def _response(self, out: Any, req: _Request, prompt_len: int) -> Response:
+        """The Response of a finished training request: its segments and this last output."""
+        c = out.outputs[0]
+        ids = [int(t) for t in c.token_ids]
+        last = Segment(ids, [float(d[t].logprob) for d, t in zip(c.logprobs or [], ids)], c.text, req.version)
+        if self._routing is not None:
+            rows = self._routing.take(out.request_id, len(req.prompt) + len(ids) - 1)
+            last.routing = rows[len(req.prompt) - 1:] if req.segments else rows
+        finish = _FINISH.get(c.finish_reason or "stop", FinishReason.stop)
+        return join([*req.segments, last], finish, prompt_len, req.params.stop or (), self._decode)
+
+    def _decode(self, token_ids: list[int]) -> str:
+        with self._encode_lock:
+            return str(self._tokenizer.decode(token_ids, skip_special_tokens=True))
 
     def _load(self, upd: _Update) -> None:
         worker = self._engine.engine_core.engine_core.model_executor.driver_worker.worker
@@ -569,21 +612,6 @@ class Engine:
                 llm.llm_engine.engine_core.shutdown()
             finally:
                 del self._llm, self._engine
-
-
-def _response(out: Any, version: int, routing: RoutingRecorder | None = None,
-              prompt_len: int = 0) -> Response:
-    """`routing`: the recorder whose rows for this request become `routed_experts`."""
-    c = out.outputs[0]
-    lps = c.logprobs or []
-    return Response(
-        routed_experts=None if routing is None else routing.take(
-            out.request_id, prompt_len + len(c.token_ids) - 1),
-        token_ids=np.asarray(c.token_ids, dtype=np.int32),
-        logprobs=np.array([d[t].logprob for d, t in zip(lps, c.token_ids)], dtype=np.float32),
-        text=c.text,
-        finish_reason=_FINISH.get(c.finish_reason or "stop", FinishReason.stop),
-        policy_version=version)
 
 
 def _piece(index: int, c: Any, version: int, logprobs: int | None) -> Piece:

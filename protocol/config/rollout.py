@@ -40,10 +40,12 @@ class RolloutConfig(Section):
     top_p: float = Field(default=1.0, gt=0, le=1, description="Nucleus-sampling mass.")
     stop: list[str] = Field(
         default_factory=list, description="Stop strings; the response ends at the first one.")
-    inflight_policy: Literal["finish", "abort"] = Field(
+    inflight_policy: Literal["finish", "abort", "continue"] = Field(
         default="finish",
         description="On a weight update, in-flight responses finish on the old weights first "
-                    "(finish) or are aborted and resampled on the new ones (abort).")
+                    "(finish), are aborted and resampled on the new ones (abort), or keep the tokens "
+                    "they have and go on under the new weights, each token recording the version that "
+                    "sampled it (continue; streamed responses finish on their weights first).")
     record_routing: bool = Field(
         default=False,
         description="Return each response's routed experts (MoE) with it, for the learner's routing "
