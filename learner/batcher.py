@@ -22,7 +22,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-from protocol.schema import Group
+from protocol.schema import Group, Response
+
+StalenessBy = Literal["oldest", "newest"]
 
 
 @dataclass
@@ -31,6 +33,7 @@ class Piece:
     index: int
     """Response index within its group."""
     policy_version: int
+    """Its response's version by the batcher's `staleness_by`: what the staleness bound measures."""
     prompt_ids: np.ndarray
     response_ids: np.ndarray
     behaviour_logprobs: np.ndarray
@@ -112,10 +115,22 @@ def is_stale(policy_version: int, current_version: int, max_staleness: int) -> b
     return current_version - policy_version > max_staleness
 
 
-def group_pieces(group: Group, eps: float) -> list[Piece]:
+def response_version(r: Response, by: StalenessBy) -> int:
+    """The version a response's age is measured by: its oldest token's (what sampled most of a
+    response continued across weight updates is old data), or its newest token's."""
+    return r.policy_version if by == "oldest" else r.newest_version
+
+
+def group_version(group: Group, by: StalenessBy) -> int:
+    """A group is as old as its oldest response, each measured by `by`."""
+    return min(response_version(r, by) for r in group.responses)
+
+
+def group_pieces(group: Group, eps: float, staleness_by: StalenessBy = "oldest") -> list[Piece]:
     adv = group_advantages(group.rewards, eps)
     prompt = np.asarray(group.prompt_token_ids, dtype=np.int64)
-    return [Piece(group.group_id, i, r.policy_version, prompt, np.asarray(r.token_ids, dtype=np.int64),
+    return [Piece(group.group_id, i, response_version(r, staleness_by), prompt,
+                  np.asarray(r.token_ids, dtype=np.int64),
                   np.asarray(r.logprobs, dtype=np.float32), float(adv[i]), 0, len(r.token_ids),
                   r.routed_experts)
             for i, r in enumerate(group.responses) if len(r.token_ids)]
@@ -130,8 +145,10 @@ class Batcher:
 
     def __init__(self, mode: Literal["tokens", "sequences"], token_budget: int, sequences_per_step: int,
                  max_staleness: int, carry_over: bool, adv_eps: float, dedup_window: int,
-                 normaliser: Literal["budget", "tokens", "sequences"] = "budget") -> None:
+                 normaliser: Literal["budget", "tokens", "sequences"] = "budget",
+                 staleness_by: StalenessBy = "oldest") -> None:
         self.mode, self.token_budget, self.sequences_per_step = mode, token_budget, sequences_per_step
+        self.staleness_by = staleness_by
         self.max_staleness, self.carry_over, self.adv_eps = max_staleness, carry_over, adv_eps
         self.normaliser = normaliser
         self.dedup_window = dedup_window
@@ -145,7 +162,7 @@ class Batcher:
         mode: Literal["tokens", "sequences"] = "tokens" if cfg.loss_type == "c3po" else "sequences"
         norm = {"c3po": "budget", "dapo": "tokens", "grpo": "sequences"}[cfg.loss_type]
         return cls(mode, cfg.token_budget, cfg.sequences_per_step, cfg.max_staleness, cfg.carry_over,
-                   cfg.adv_eps, cfg.dedup_window, norm)  # type: ignore[arg-type]
+                   cfg.adv_eps, cfg.dedup_window, norm, cfg.staleness_by)  # type: ignore[arg-type]
 
     # --- input ------------------------------------------------------------------------------
     def add(self, groups: Iterable[Group], current_version: int, stage: str | None = None) -> list[str]:
@@ -167,13 +184,13 @@ class Batcher:
                 c.groups_filtered += 1
                 c.tokens_filtered += n_tok
                 fates.append("filtered")
-            elif (is_stale(g.policy_version, current_version, self.max_staleness)
+            elif (is_stale(group_version(g, self.staleness_by), current_version, self.max_staleness)
                   or (stage is not None and g.stage != stage)):
                 c.groups_stale += 1
                 c.tokens_stale += n_tok
                 fates.append("stale")
             else:
-                self.buffer.extend(group_pieces(g, self.adv_eps))
+                self.buffer.extend(group_pieces(g, self.adv_eps, self.staleness_by))
                 fates.append("buffered")
         return fates
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from learner.batcher import Batcher, group_advantages, has_signal
-from protocol.schema import Group
+from protocol.config.learner import LearnerConfig
+from protocol.schema import Group, Response
 from tests.learner.helpers import scored_groups
 
 
@@ -100,6 +101,38 @@ def test_zero_variance_and_stale_groups_dropped_and_counted() -> None:
     # buffered data ages as the learner moves on
     b.drop_stale(current_version=11)
     assert b.buffered_tokens == 0 and c.groups_stale == 2 and b.accounting_balances()
+
+
+def _continued(versions: list[tuple[int, int]]) -> Group:
+    """A group whose responses a weight update continued: tokens by several versions."""
+    g = scored_groups(1, seed=4, n=2, min_len=10, max_len=10, prefix="cont")[0]
+    rewards = [1.0, 0.0]
+    return g.model_copy(update={"responses": [
+        Response(**{**r.model_dump(), "reward": rewards[i], "policy_version": versions[0][1],
+                    "token_versions": versions}) for i, r in enumerate(g.responses)]})
+
+
+@pytest.mark.parametrize("by, fate", [("oldest", "stale"), ("newest", "buffered")])
+def test_staleness_of_continued_responses(by: str, fate: str) -> None:
+    # tokens 0-4 sampled by version 7, 5-9 by version 9; the learner is at 10, the bound 2
+    b = _batcher(max_staleness=2, staleness_by=by)
+    g = _continued([(0, 7), (5, 9)])
+    assert b.add([g], current_version=10) == [fate]
+    c = b.counters
+    assert (c.groups_in, c.groups_stale, c.tokens_in) == (1, int(fate == "stale"), 20)
+    assert b.accounting_balances()
+    if fate == "buffered":
+        assert {p.policy_version for p in b.buffer} == {9}
+        b.drop_stale(current_version=11)
+        assert b.buffered_tokens == 20  # 11 - 9 is within the bound
+        b.drop_stale(current_version=12)
+        assert b.buffered_tokens == 0 and c.groups_stale == 1 and c.tokens_stale == 20
+        assert b.accounting_balances()
+
+
+def test_staleness_by_comes_from_the_config() -> None:
+    assert Batcher.from_config(LearnerConfig()).staleness_by == "oldest"
+    assert Batcher.from_config(LearnerConfig(staleness_by="newest")).staleness_by == "newest"
 
 
 def test_advantages_are_group_normalised() -> None:
