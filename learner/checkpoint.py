@@ -2,6 +2,11 @@
 optimizer, scheduler, RNG states, the policy version and the batcher (buffered/carried pieces,
 counters, and the ids of every group already ingested).
 
+A learner of K > 1 ranks (learner/distributed.py) writes the same folder: the safetensors hold the
+full weights gathered from the shards (rank 0 writes them), and the AdamW state stays sharded in
+`optimizer/`, one file per rank (torch.distributed.checkpoint); every rank takes part in a save
+and in a load. Such a checkpoint resumes exactly at the same K.
+
 Exactly-once with the stream: the loop acks scored entries only after a checkpoint that contains
 them (trained, or buffered in the batcher state) is on disk. A crash before that leaves them
 pending, so they are redelivered; a crash between the checkpoint and the ack redelivers entries
@@ -20,25 +25,57 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
+from learner.distributed import (
+    full_model_state,
+    load_sharded_optimizer,
+    save_sharded_optimizer,
+)
 from learner.trainer import Learner
 from protocol.config.learner import LearnerConfig
 
 STATE_FILE = "trainer_state.pt"
 PREFIX = "step-"
+OPTIMIZER_DIR = "optimizer"
+"""The sharded AdamW state of a learner of several ranks."""
+
+
+def save_hf(learner: Learner, out: Path) -> None:
+    """Weights + tokenizer as a Hugging Face folder; with several ranks every rank must call it (the
+    weights are gathered) and rank 0 writes."""
+    if learner.world_size == 1:
+        learner.model.save_pretrained(out, safe_serialization=True)
+    else:
+        state = full_model_state(learner.model)
+        # tied weights once, as the one-rank save writes them: gathered, they no longer share storage
+        model = learner.model
+        aliases = ({n for n, _ in model.named_parameters(remove_duplicate=False)}
+                   - {n for n, _ in model.named_parameters()})
+        state = {k: v for k, v in state.items() if k not in aliases}
+        if learner.rank == 0:
+            learner.model.save_pretrained(out, state_dict=state, safe_serialization=True)
+    if learner.rank == 0:
+        learner.tokenizer.save_pretrained(out)
 
 
 def save_checkpoint(learner: Learner, root: str | Path, keep: int | None = None) -> Path:
     root = Path(root)
     final = root / f"{PREFIX}{learner.version:08d}"
     tmp = root / f".tmp-{final.name}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    learner.model.save_pretrained(tmp, safe_serialization=True)
-    learner.tokenizer.save_pretrained(tmp)
+    if learner.rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    if learner.world_size > 1:
+        dist.barrier()  # the folder exists before any rank writes into it
+        save_sharded_optimizer(learner.model, learner.optimizer, tmp / OPTIMIZER_DIR)
+    save_hf(learner, tmp)
+    if learner.rank != 0:
+        return final
     state: dict[str, Any] = {
         "version": learner.version,
-        "optimizer": learner.optimizer.state_dict(),
+        "ranks": learner.world_size,
+        **({"optimizer": learner.optimizer.state_dict()} if learner.world_size == 1 else {}),
         "scheduler": learner.scheduler.state_dict(),
         "batcher": learner.batcher.state_dict(),
         "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
@@ -67,12 +104,22 @@ def latest_checkpoint(root: str | Path) -> Path | None:
 
 
 def load_checkpoint(cfg: LearnerConfig, path: str | Path) -> Learner:
-    """A learner in exactly the state `save_checkpoint` saw (config: the caller's, not the saved one)."""
+    """A learner in exactly the state `save_checkpoint` saw (config: the caller's, not the saved one).
+
+    With several ranks every rank calls it on the same folder."""
     path = Path(path)
     learner = Learner(cfg, str(path))
     state = torch.load(path / STATE_FILE, weights_only=False)
+    saved_ranks = state.get("ranks", 1)
+    if (saved_ranks == 1) != (learner.world_size == 1):
+        raise ValueError(f"{path}: written by {saved_ranks} learner rank(s), resumed by {learner.world_size}; "
+                         "a sharded and an unsharded optimizer state do not convert (resume with "
+                         f"learner.ranks: {saved_ranks})")
     learner.version = state["version"]
-    learner.optimizer.load_state_dict(state["optimizer"])
+    if learner.world_size == 1:
+        learner.optimizer.load_state_dict(state["optimizer"])
+    else:
+        load_sharded_optimizer(learner.model, learner.optimizer, path / OPTIMIZER_DIR)
     learner.scheduler.load_state_dict(state["scheduler"])
     learner.batcher.load_state_dict(state["batcher"])
     torch.set_rng_state(state["rng"]["torch"])

@@ -15,7 +15,7 @@ import json
 import re
 import shutil
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ import redis
 import torch
 from prometheus_client import CollectorRegistry
 
+from learner.distributed import full_tensor
 from protocol.auth import Tokens
 from protocol.metrics import observability_handler
 from protocol.streams import RunKeys
@@ -33,10 +34,22 @@ from protocol.transport.http_pull import SafetensorsStore
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
-def named_weights(model: torch.nn.Module, dtype: str = "float32") -> dict[str, torch.Tensor]:
-    """Every parameter once (tied ones under their first name), cast to the published dtype."""
+def gathered_weights(model: torch.nn.Module, dtype: str = "float32") -> Iterator[tuple[str, torch.Tensor]]:
+    """Every parameter once (tied ones under their first name), whole and cast to the published dtype,
+    one at a time. Sharded parameters are gathered: with several ranks every rank must iterate it."""
     d = _DTYPES[dtype]
-    return {n: p.detach().to(d).contiguous() for n, p in model.named_parameters()}
+    for n, p in model.named_parameters():
+        yield n, full_tensor(p.detach()).to(device="cpu", dtype=d).contiguous()
+
+
+def named_weights(model: torch.nn.Module, dtype: str = "float32") -> dict[str, torch.Tensor]:
+    return dict(gathered_weights(model, dtype))
+
+
+def join_publish(model: torch.nn.Module, dtype: str) -> None:
+    """A rank other than 0's part of a publish: the gathers, one parameter at a time, kept by none."""
+    for _ in gathered_weights(model, dtype):
+        pass
 
 
 class WeightServer:

@@ -37,7 +37,13 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Gauge
 
 from learner.batcher import Step
-from learner.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from learner.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    save_hf,
+)
+from learner.distributed import NoPeers, Peers
 from learner.publish import Publisher, WeightServer
 from learner.trainer import Learner
 from protocol.auth import load_tokens, warn_if_open
@@ -73,11 +79,15 @@ def start_learner(cfg: RunConfig, start_version: int = 0) -> Learner:
 
 class LearnerSession:
     def __init__(self, cfg: RunConfig, consumer: str = "learner-0", start_version: int = 0,
-                 weights_dir: str | Path | None = None, http_port: int | None = None) -> None:
+                 weights_dir: str | Path | None = None, http_port: int | None = None,
+                 peers: Peers | None = None) -> None:
+        """`peers`: the other learner ranks (learner.ranks > 1), which this session, as rank 0, has
+        run their part of every step, publish, checkpoint and save."""
         if not cfg.redis.url:
             raise ValueError("redis.url: the learner consumes the scored stream and needs Redis")
         lc = cfg.learner
         self.cfg, self.keys = cfg, RunKeys(cfg.run.name)
+        self.peers = peers or NoPeers()
         self.root = checkpoint_root(cfg)
         self.learner = start_learner(cfg, start_version)
         self._trim_audit()
@@ -126,7 +136,8 @@ class LearnerSession:
 
     def publish(self) -> WeightVersion:
         """Store (pull), broadcast (if the group is hosted) and announce the current weights."""
-        return self.publisher.publish(self.learner.model, self.learner.version)
+        with self.peers.mirror("publish"):
+            return self.publisher.publish(self.learner.model, self.learner.version)
 
     # ---- data ---------------------------------------------------------------------------
     def ingest(self, block_ms: int = 200) -> int:
@@ -172,7 +183,8 @@ class LearnerSession:
         wait_s = time.monotonic() - waited
         step = self.learner.batcher.next_step(self.learner.version)
         assert step is not None  # ready() said so
-        metrics = self.learner.train_step(step)
+        with self.peers.mirror("train_step", step):
+            metrics = self.learner.train_step(step)
         self._audit(step)
         lc = self.cfg.learner
         if lc.checkpoint_every and self.learner.version % lc.checkpoint_every == 0:
@@ -198,7 +210,8 @@ class LearnerSession:
         if plan is not None and plan != self.plan:
             if self.plan is not None and plan.stage != self.plan.stage:  # the last stage's carry
                 self.learner.batcher.drop_stale(self.learner.version, everything=True)
-            self.learner.set_stage(plan.token_budget, plan.lr)
+            with self.peers.mirror("set_stage", plan.token_budget, plan.lr):
+                self.learner.set_stage(plan.token_budget, plan.lr)
             log.info("plan: stage %s until step %d (budget %d, lr %g)", plan.stage, plan.until_step,
                      plan.token_budget, plan.lr)
         self.plan = plan
@@ -240,7 +253,8 @@ class LearnerSession:
         # The marker goes first: a crash before the save resumes an older checkpoint, whose own
         # marker is what the trim keeps up to.
         self._audit_lines(GROUPS_FILE, [{"checkpoint": self.learner.version}])
-        path = save_checkpoint(self.learner, self.root, keep=self.cfg.learner.keep_checkpoints)
+        with self.peers.mirror("checkpoint"):
+            path = save_checkpoint(self.learner, self.root, keep=self.cfg.learner.keep_checkpoints)
         self.consumer.ack(self._unacked)
         self._unacked = []
         return path
@@ -249,8 +263,8 @@ class LearnerSession:
         """Weights + tokenizer (Hugging Face format), for the next stage or for eval."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        self.learner.model.save_pretrained(out, safe_serialization=True)
-        self.learner.tokenizer.save_pretrained(out)
+        with self.peers.mirror("save", str(out)):
+            save_hf(self.learner, out)
         return str(out)
 
     def _audit(self, step: Step) -> None:

@@ -3,14 +3,17 @@
 One optimiser update per step (no PPO epochs), so the learner's "old" log-probs of a step are its
 current log-probs with no gradient: `old_logprobs: recompute` costs no extra forward.
 
-Data-parallel: when torch.distributed is initialised every rank builds the same step (same stream,
-same batcher), runs its round-robin share of the micro-batches, and gradients are all-reduced with
-SUM. Token weights already carry the global normaliser, so the sum is the single-rank gradient.
+Data-parallel: when torch.distributed is initialised with more than one rank, parameters, gradients
+and AdamW state are sharded with FSDP2; every rank gets the same step, runs its round-robin share
+of the micro-batches, and gradients are reduce-scattered with SUM. Token weights already carry the
+global normaliser, so the sum is the single-rank gradient. The design (why SUM, uneven micro-batch
+counts, what a checkpoint holds): learner/distributed.py.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from collections.abc import Iterable
 from dataclasses import asdict
@@ -22,6 +25,13 @@ from torch.optim.lr_scheduler import LambdaLR
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from learner.batcher import Batcher, Step
+from learner.distributed import (
+    clip_grad_norm,
+    gradient_sync,
+    resolve_device,
+    shard_model,
+    zero_pass,
+)
 from learner.objective import SUMS, ObjectiveConfig, ObjectiveInputs, objective
 from learner.packing import MicroBatch, microbatches
 from learner.router_replay import RouterReplay
@@ -58,8 +68,12 @@ class Learner:
     def __init__(self, cfg: LearnerConfig, model_path: str) -> None:
         self.cfg = cfg
         torch.manual_seed(cfg.seed)
-        self.model = load_model(model_path, cfg.trust_remote_code)
+        self.device = resolve_device(cfg)
+        self.model = load_model(model_path, cfg.trust_remote_code).to(self.device)
         self.model.train()
+        self.rank, self.world_size = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+        if self.world_size > 1:  # before the optimizer: AdamW state is built over the shards
+            shard_model(self.model, self.device)
         self.tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=cfg.trust_remote_code)
         self.moe = moe_shape(self.model.config)
         self.router_replay = RouterReplay(self.model) if self.moe else None
@@ -70,13 +84,12 @@ class Learner:
         self.batcher = Batcher.from_config(cfg)
         self.version = 0
         """Policy version of the current weights: the number of optimiser steps applied."""
-        self.rank, self.world_size = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
         self.layout = cfg.layout
 
     # --- one micro-batch --------------------------------------------------------------------
     def _forward(self, mb: MicroBatch) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
         kw: dict[str, Any] = {"output_router_logits": True} if self.moe else {}
-        autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if self.cfg.dtype == "bfloat16"
+        autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16) if self.cfg.dtype == "bfloat16"
                     else contextlib.nullcontext())
         replay: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
         if self.router_replay is not None and mb.routed_experts is not None and mb.routed_mask is not None:
@@ -91,6 +104,9 @@ class Learner:
 
     def objective_inputs(self, mb: MicroBatch, step_input_tokens: int) -> ObjectiveInputs:
         """Forward one micro-batch; its outputs and loss fields as the objective's inputs."""
+        if self.device.type != "cpu":
+            mb = dataclasses.replace(mb, **{f.name: v.to(self.device) for f in dataclasses.fields(mb)
+                                            if isinstance(v := getattr(mb, f.name), torch.Tensor)})
         logits, router = self._forward(mb)
         return ObjectiveInputs(
             logits=logits, targets=mb.targets, behaviour_logprobs=mb.behaviour_logprobs,
@@ -101,15 +117,20 @@ class Learner:
 
     # --- one step ---------------------------------------------------------------------------
     def train_step(self, step: Step) -> dict[str, float]:
-        """Forward/backward this rank's micro-batches, all-reduce, clip, AdamW; returns metrics."""
+        """Forward/backward this rank's micro-batches, reduce, clip, AdamW; returns metrics."""
         t0 = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=False)
         step_input = sum(len(p.prompt_ids) + p.end for p in step.pieces)
         sums = dict.fromkeys(SUMS, 0.0)
         mismatch_max = 0.0
-        for mb in microbatches(step, self.cfg.max_tokens_per_microbatch, self.layout, self.rank,
-                               self.world_size):
-            terms = objective(self.objective_inputs(mb, step_input), self.objective_cfg)
+        mine = microbatches(step, self.cfg.max_tokens_per_microbatch, self.layout, self.rank, self.world_size)
+        rounds = self._rounds(len(mine))
+        for i in range(rounds):
+            gradient_sync(self.model, i == rounds - 1)
+            if i >= len(mine):
+                zero_pass(self.model, self.device)
+                continue
+            terms = objective(self.objective_inputs(mine[i], step_input), self.objective_cfg)
             terms.loss.backward()
             mismatch_max = max(mismatch_max, terms.mismatch_max)
             for k in SUMS:
@@ -118,12 +139,12 @@ class Learner:
         sums["routed"], sums["routed_differ"] = (routed.tokens, routed.differ) if routed else (0, 0)
         if self.world_size > 1:
             self._all_reduce(sums)
-            mm = torch.tensor([mismatch_max])
+            mm = torch.tensor([mismatch_max], device=self.device)
             dist.all_reduce(mm, op=dist.ReduceOp.MAX)
             mismatch_max = float(mm)
         params = [p for p in self.model.parameters() if p.requires_grad]
         max_norm = self.cfg.grad_clip if self.cfg.grad_clip is not None else float("inf")
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+        grad_norm = clip_grad_norm(params, max_norm)
         lr = self.scheduler.get_last_lr()[0]
         self.optimizer.step()
         self.scheduler.step()
@@ -147,20 +168,19 @@ class Learner:
             "grad_norm": grad_norm, "lr": lr, "step_time_s": time.perf_counter() - t0,
         }
 
+    def _rounds(self, mine: int) -> int:
+        """Forward/backward passes every rank runs: the most micro-batches any rank has (FSDP's
+        passes are collectives, so a rank with fewer pads with zero passes)."""
+        if self.world_size == 1:
+            return mine
+        n = torch.tensor([mine], device=self.device)  # NCCL reduces device tensors only
+        dist.all_reduce(n, op=dist.ReduceOp.MAX)
+        return int(n)
+
     def _all_reduce(self, sums: dict[str, float]) -> None:
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        for p in params:  # a rank with no micro-batch (or an unrouted expert) still joins the reduce
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-        grads = [p.grad for p in params]
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        dist.all_reduce(flat)
-        offset = 0
-        for g in grads:
-            g.copy_(flat[offset:offset + g.numel()].view_as(g))
-            offset += g.numel()
+        """The step's objective sums and routing counts over all ranks (the gradients FSDP reduced)."""
         keys = list(sums)  # the objective's SUMS and the routing counts
-        vals = torch.tensor([sums[k] for k in keys], dtype=torch.float64)
+        vals = torch.tensor([sums[k] for k in keys], dtype=torch.float64, device=self.device)
         dist.all_reduce(vals)
         sums.update(zip(keys, vals.tolist()))
 

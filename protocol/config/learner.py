@@ -18,6 +18,27 @@ class LearnerConfig(Section):
         default="float32",
         description="Compute dtype. bfloat16 runs the forward under autocast; master weights and "
                     "AdamW state stay float32.")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        default="auto",
+        description="Where the learner's model lives: cuda (the rank's current GPU), cpu, or auto "
+                    "(cuda when one is visible, else cpu).")
+    # --- data-parallel ranks --------------------------------------------------------------
+    ranks: int = Field(
+        default=1, ge=1,
+        description="Data-parallel learner ranks. >1 shards parameters, gradients and AdamW state "
+                    "over the ranks with FSDP2 (a 1-D device mesh); each step's token budget is split "
+                    "across them, so the update does not depend on the rank count.")
+    dist_backend: Literal["auto", "gloo", "nccl"] = Field(
+        default="auto", description="Process-group backend of the learner ranks (auto: nccl on cuda, gloo on cpu).")
+    collective_timeout_s: float = Field(
+        default=600.0, gt=0,
+        description="Seconds any collective of the learner ranks may wait on a peer before it raises "
+                    "(a dead or stuck rank fails the step instead of hanging it).")
+    rank_num_cpus: float = Field(
+        default=1.0, ge=0, description="CPUs each extra learner rank actor (ranks 1..K-1) requests from Ray.")
+    rank_num_gpus: float = Field(
+        default=0.0, ge=0,
+        description="GPUs each extra learner rank actor requests from Ray (1 with device: cuda).")
     # --- batching -------------------------------------------------------------------------
     loss_type: Literal["c3po", "grpo", "dapo"] = Field(
         default="c3po",
@@ -131,6 +152,12 @@ class LearnerConfig(Section):
     # --- stream ---------------------------------------------------------------------------
     read_batch: int = Field(default=64, gt=0, description="Groups read from the scored stream at a time.")
     max_steps: int = Field(default=0, ge=0, description="Stop after this many optimiser steps (0: run until stopped).")
+
+    @model_validator(mode="after")
+    def _ranks_settings(self) -> "LearnerConfig":
+        if self.ranks > 1 and self.device == "cuda" and not self.rank_num_gpus:
+            raise ValueError("rank_num_gpus: 0 with device: cuda and ranks > 1; each rank needs a GPU")
+        return self
 
     @model_validator(mode="after")
     def _ack_needs_checkpoints(self) -> "LearnerConfig":

@@ -1,4 +1,4 @@
-"""Two learner ranks (gloo) make the same update as one rank on the same step."""
+"""Two learner ranks (gloo, FSDP2) reduce the same gradient as one rank on the same step."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
+from learner.distributed import full_tensor
 from learner.trainer import Learner
 from protocol.config.learner import LearnerConfig
 from tests.conftest import free_port
@@ -24,10 +25,12 @@ def _train(model: str) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
     metrics = learner.train_ready(max_steps=1)[0]
     # compare the update's direction (the reduced, clipped gradient): AdamW's first step maps
     # gradients of ~1e-12 to +-lr by sign, which float summation order alone can flip
-    return metrics, {n: p.grad.clone() for n, p in learner.model.named_parameters()}
+    # sharded gradients gathered whole (a collective: every rank takes part)
+    return metrics, {n: full_tensor(p.grad).clone() for n, p in learner.model.named_parameters()}
 
 
 def _rank(rank: int, port: int, model: str, q: mp.Queue) -> None:
+    torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     try:
         metrics, params = _train(model)
