@@ -8,6 +8,7 @@ from typing import Any
 
 import ray
 
+from actors.learner_rank import LearnerRanks
 from learner.session import LearnerSession
 from protocol.config import RunConfig
 from protocol.transport import WeightVersion
@@ -16,8 +17,11 @@ from protocol.transport import WeightVersion
 @ray.remote(max_concurrency=2)
 class TrainerActor:
     def __init__(self, config_json: str, start_version: int, weights_dir: str) -> None:
-        self.session = LearnerSession(RunConfig.model_validate_json(config_json), "trainer", start_version,
-                                      weights_dir, http_port=0)
+        cfg = RunConfig.model_validate_json(config_json)
+        # learner.ranks > 1: this actor is rank 0 and drives the other ranks' actors
+        self.ranks = LearnerRanks(cfg, start_version)
+        self.session = LearnerSession(cfg, "trainer", start_version, weights_dir, http_port=0, peers=self.ranks)
+        self.ranks.wait_ready()
 
     def join_broadcast(self, world_size: int) -> None:
         self.session.join_broadcast(world_size)
@@ -52,5 +56,10 @@ class TrainerActor:
     def checkpoint(self) -> str:
         return str(self.session.checkpoint())
 
+    def rank_pids(self) -> list[int]:
+        """Process ids of learner ranks 1..K-1 (empty with one rank)."""
+        return self.ranks.pids()
+
     def close(self) -> None:
         self.session.close()
+        self.ranks.close()
