@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from protocol.schema import FinishReason, Group, MathReference, Response, TaskKind
 from rollout_service.engine import Engine, Piece, Sampling
-from rollout_service.partial import Segment, join, stop_across
+from rollout_service.partial import Segment, continued_params, join, stop_across
 from tests.rollout.conftest import engine_config
 
 LONG = Sampling(max_tokens=48)
@@ -140,6 +140,19 @@ def test_stop_string_across_the_boundary(model_dir) -> None:
     assert r.token_versions == [(0, 0), (len(first), 1)] and r.logprobs[-1] == -2.0
     whole = join(segs, FinishReason.length, 3, ["zzz"], decode)
     assert whole.finish_reason == FinishReason.length and len(whole.token_ids) == len(first + second)
+
+
+def test_continuation_keeps_the_settings_with_a_seed_of_its_own() -> None:
+    from vllm import SamplingParams
+
+    params = SamplingParams(max_tokens=100, temperature=0.7, top_p=0.9, stop=["\n\n"], seed=1234, logprobs=0)
+    rest = continued_params(params, 30, 30)
+    assert (rest.max_tokens, rest.temperature, rest.top_p, rest.stop, rest.logprobs) == (70, 0.7, 0.9, ["\n\n"], 0)
+    assert rest.seed != 1234 and 0 <= rest.seed < 2**63
+    assert continued_params(params, 30, 30).seed == rest.seed  # deterministic
+    assert continued_params(params, 31, 31).seed != rest.seed  # another segment, other draws
+    assert params.max_tokens == 100 and params.seed == 1234  # the original is left as it was
+    assert continued_params(SamplingParams(max_tokens=10), 3, 3).seed is None
 
 
 def test_streams_finish_on_their_weights_under_abort(model_dir) -> None:
