@@ -86,6 +86,9 @@ class LearnerSession:
         if not cfg.redis.url:
             raise ValueError("redis.url: the learner consumes the scored stream and needs Redis")
         lc = cfg.learner
+        if lc.ranks > 1 and peers is None:
+            raise ValueError(f"learner.ranks: {lc.ranks} needs the embedded driver, whose Ray actors host the "
+                             "other ranks; a learner session on its own is one rank")
         self.cfg, self.keys = cfg, RunKeys(cfg.run.name)
         self.peers = peers or NoPeers()
         self.root = checkpoint_root(cfg)
