@@ -4,6 +4,7 @@ everything it does is a call into rollout_service."""
 from __future__ import annotations
 
 import ray
+import ray.util
 
 from protocol.config import RunConfig
 from protocol.queue import queue_client
@@ -55,6 +56,10 @@ class RolloutActor:
 
     def version(self) -> int:
         return self._engine.version
+
+    def node(self) -> str:
+        """The address of the node Ray placed this engine on."""
+        return ray.util.get_node_ip_address()
 
     def set_logprob_gap(self, gap: float) -> None:
         self._engine.metrics.logprob_gap.set(gap)

@@ -7,21 +7,34 @@ import time
 from typing import Any
 
 import ray
+import ray.util
 
 from actors.learner_rank import LearnerRanks
 from learner.session import LearnerSession
 from protocol.config import RunConfig
+from protocol.netaddr import free_port
 from protocol.transport import WeightVersion
 
 
 @ray.remote(max_concurrency=2)
 class TrainerActor:
-    def __init__(self, config_json: str, start_version: int, weights_dir: str) -> None:
+    def __init__(self, config_json: str, start_version: int, weights_dir: str, advertise: bool = False) -> None:
         cfg = RunConfig.model_validate_json(config_json)
+        # The learner's servers listen where the engines reach them: its own node's address on a
+        # cluster (known only here, once placed), loopback on a local Ray.
+        host = ray.util.get_node_ip_address() if advertise else "127.0.0.1"
+        learner = cfg.learner.model_copy(update={"http_host": host, "broadcast_host": host,
+                                                 "broadcast_port": free_port(host), "public_url": ""})
         # learner.ranks > 1: this actor is rank 0 and drives the other ranks' actors
         self.ranks = LearnerRanks(cfg, start_version)
-        self.session = LearnerSession(cfg, "trainer", start_version, weights_dir, http_port=0, peers=self.ranks)
+        self.session = LearnerSession(cfg.model_copy(update={"learner": learner}), "trainer", start_version,
+                                      weights_dir, http_port=0, peers=self.ranks)
         self.ranks.wait_ready()
+
+    def endpoint(self) -> tuple[str, str, int]:
+        """(host, weight server URL, broadcast rendezvous port) the engines are to use."""
+        lc = self.session.cfg.learner
+        return lc.broadcast_host, self.session.server.base_url, lc.broadcast_port
 
     def join_broadcast(self, world_size: int) -> None:
         self.session.join_broadcast(world_size)

@@ -37,6 +37,7 @@ from bench.common import redis_server  # noqa: E402
 from learner.models.tiny import build_tiny_model  # noqa: E402
 from protocol.codec import decode_group  # noqa: E402
 from protocol.config.rollout import RolloutConfig  # noqa: E402
+from protocol.netaddr import free_port  # noqa: E402
 from protocol.queue import FIELD  # noqa: E402
 from protocol.streams import RunKeys  # noqa: E402
 from protocol.transport import WeightVersion, make_manifest  # noqa: E402
@@ -50,13 +51,6 @@ from rollout_service.weights import load_version  # noqa: E402
 console = Console()
 PROMPTS = ["What is {a} + {b} - {c}? Answer:", "A farmer has {a} cows and {b} chickens. How many legs?",
            "Write a function f with f(0)={a}, f(1)={b}.", "def add(a, b):\n    return a + {c}"]
-
-
-def free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def prompts(k: int) -> list[str]:

@@ -4,7 +4,7 @@ then the RL stages in order, each starting from the last weights of the one befo
 from __future__ import annotations
 
 import json
-import os
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,17 +18,14 @@ from rich.table import Table
 from protocol.config.train import StageConfig, TrainConfig, stage_kind
 from recipe.distil import distil, prepare_model
 from recipe.evaluate import Gain, Outcomes, outcomes, paired_gain
-from recipe.local_redis import LocalRedis, start_local_redis
+from recipe.cluster import Placement, cluster_address, start_ray
 from recipe.plots import plot_metrics
+from recipe.progress import PROGRESS_FILE, FinishedStage, RunProgress, resumed_stage_step
 from recipe.prompts import stage_items
 from recipe.run_log import RunLog
 from recipe.stage import StageResult, StageRunner
 from recipe.tasks import TaskItem, build_tasks
 from reward_service.scorer import Scorer
-
-ENGINE_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1",
-              "VLLM_HOST_IP": "127.0.0.1", "TOKENIZERS_PARALLELISM": "false"}
-
 
 @dataclass(frozen=True)
 class StageSummary:
@@ -79,7 +76,7 @@ def held_out(cfg: TrainConfig, path: str, stage: StageConfig, scorer: Scorer) ->
                     max_new_tokens=stage.max_new_tokens, seed=cfg.run.seed)
 
 
-def run_stage(cfg: TrainConfig, stage: StageConfig, path: str, version: int, step0: int, redis_url: str,
+def run_stage(cfg: TrainConfig, stage: StageConfig, path: str, version: int, step0: int, place: Placement,
               out: Path, log: RunLog, console: Console, scorer: Scorer) -> StageResult:
     items, replay = stage_items(cfg, stage)
     # A fixed held-out subset, greedy, through the stage's own engine: cheap enough to draw the
@@ -95,15 +92,16 @@ def run_stage(cfg: TrainConfig, stage: StageConfig, path: str, version: int, ste
     mixed = f" (+{stage.replay_share:.0%} replay of {', '.join(stage.replay_sources)})" if replay else ""
     console.rule(f"RL stage {stage.name}: {len(items)} prompts{mixed}, {stage.steps} steps x "
                  f"{stage.token_budget} tokens ({'async' if cfg.asynchronous else 'sync'})")
-    runner = StageRunner(cfg, stage, items, replay, path, version, redis_url, out / "stages" / stage.name)
+    runner = StageRunner(cfg, stage, items, replay, path, version, place, out / "stages" / stage.name)
     try:
         with Progress(TextColumn(f"[bold]{stage.name}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                       TimeElapsedColumn(), console=console, transient=True) as bar:
-            task = bar.add_task(stage.name, total=stage.steps)
-            if curve:
+            done = runner.steps_done  # resumed: the steps its learner checkpoint already holds
+            task = bar.add_task(stage.name, total=stage.steps, completed=done)
+            if curve and not done:
                 measure_curve(step0, 0)
             last_t, last_tokens = time.monotonic(), runner.rollout_stats()["tokens_written"]
-            for i in range(stage.steps):
+            for i in range(done, stage.steps):
                 m = runner.step()
                 now, gen = time.monotonic(), runner.rollout_stats()["tokens_written"]
                 row: dict[str, Any] = {**m, "step": step0 + i + 1, "stage": stage.name, "stage_step": i + 1,
@@ -152,47 +150,77 @@ def verdicts(rows: list[StageSummary]) -> list[str]:
     return lines
 
 
-def train(cfg: TrainConfig, console: Console) -> list[StageSummary]:
+def train(cfg: TrainConfig, console: Console, resume: bool = False) -> list[StageSummary]:
+    """The whole recipe; with `resume`, what `progress.json` in the run's folder says is done is not
+    done again, and a stage killed midway goes on from its learner's newest checkpoint."""
     import ray
 
     out = Path(cfg.run.output_dir) / cfg.run.name
     out.mkdir(parents=True, exist_ok=True)
+    progress = RunProgress.load(out) if resume else RunProgress()
+    if not resume:  # an earlier run's stage checkpoints in this folder would be resumed silently
+        shutil.rmtree(out / "stages", ignore_errors=True)
+        (out / PROGRESS_FILE).unlink(missing_ok=True)
     (out / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json", by_alias=True), sort_keys=False))
-    os.environ.update(ENGINE_ENV)
-    local: LocalRedis | None = None if cfg.redis.url else start_local_redis(out / "redis")
-    redis_url = cfg.redis.url or local.url  # type: ignore[union-attr]
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
-             runtime_env={"env_vars": ENGINE_ENV})
-    log = RunLog(out, console)
+    place = start_ray(cfg, out)
+    if place.joined:
+        console.print(f"joined the Ray cluster at {cluster_address(cfg)}: "
+                      f"{ray.cluster_resources().get('CPU', 0):g} CPUs, {ray.cluster_resources().get('GPU', 0):g} GPUs")
+    log = RunLog(out, console, append=resume)
+    if progress.current:  # the killed stage's steps after its newest checkpoint happen again
+        log.drop_after(progress.current["name"], resumed_stage_step(out, progress.current))
     scorer: Scorer | None = None
     try:
         # One Scorer scores every held-out figure with the reward settings training uses. Its
         # sandboxes take uid range 0, the HTTP server's, which no embedded run starts.
         scorer = Scorer(cfg.reward)
-        start = time.monotonic()
-        init = prepare_model(cfg.model, cfg.tasks, cfg.run.seed, out, console)
-        sft = cfg.sft.model_copy(update={"init_model": init, "output_dir": str(out / "sft")})
-        path = choose_start(cfg, distil(sft, cfg.tasks, console), console, scorer) \
-            if sft.max_minutes or sft.max_steps else init
-        log.log({"step": 0, "sft_minutes": (time.monotonic() - start) / 60}, line=False)
-        # Every stage's sources on the start checkpoint, so a later stage's gain is also measured
-        # against SFT and not only against what the stages before it left (they can cost accuracy).
-        sft_start = {stage.name: held_out(cfg, path, stage, scorer) for stage in cfg.stages}
+        if progress.start:
+            path = progress.start
+            console.print(f"resuming {out}: RL starts from {path}; done: {', '.join(progress.finished) or 'no stage'}")
+        else:
+            start = time.monotonic()
+            init = prepare_model(cfg.model, cfg.tasks, cfg.run.seed, out, console)
+            sft = cfg.sft.model_copy(update={"init_model": init, "output_dir": str(out / "sft")})
+            path = choose_start(cfg, distil(sft, cfg.tasks, console), console, scorer) \
+                if sft.max_minutes or sft.max_steps else init
+            log.log({"step": 0, "sft_minutes": (time.monotonic() - start) / 60}, line=False)
+            # Every stage's sources on the start checkpoint, so a later stage's gain is also measured
+            # against SFT and not only against what the stages before it left (they can cost accuracy).
+            progress.start = path
+            progress.sft_start = {stage.name: held_out(cfg, path, stage, scorer) for stage in cfg.stages}
+            progress.save(out)
+        sft_start = progress.sft_start
         version, step = 0, 0
         measured: list[tuple[StageResult, Outcomes, Outcomes, float]] = []  # result, before, after, seconds
         for stage in cfg.stages:
+            done = progress.finished.get(stage.name)
+            if done is not None:
+                measured.append((done.result, done.before, done.after, done.seconds))
+                path, version, step = done.result.model_path, done.result.version, step + done.result.steps
+                continue
             t0 = time.monotonic()
-            unchanged = version == 0  # no stage has trained yet: the SFT start was just measured
-            before = sft_start[stage.name] if unchanged else held_out(cfg, path, stage, scorer)
-            log.log({"step": step, "stage": stage.name, "accuracy": before.greedy_accuracy(),
-                     "accuracy_sampled": before.sampled_accuracy()})
-            result = run_stage(cfg, stage, path, version, step, redis_url, out, log, console, scorer)
+            if progress.current.get("name") == stage.name:
+                before = progress.current["before"]
+                console.print(f"resuming stage {stage.name} from its newest learner checkpoint")
+            else:
+                unchanged = version == 0  # no stage has trained yet: the SFT start was just measured
+                before = sft_start[stage.name] if unchanged else held_out(cfg, path, stage, scorer)
+                log.log({"step": step, "stage": stage.name, "accuracy": before.greedy_accuracy(),
+                         "accuracy_sampled": before.sampled_accuracy()})
+                progress.current = {"name": stage.name, "version": version, "step": step, "before": before}
+                progress.save(out)
+            result = run_stage(cfg, stage, path, version, step, place, out, log, console, scorer)
             after = held_out(cfg, result.model_path, stage, scorer)
             step += result.steps
             log.log({"step": step, "stage": stage.name, "accuracy": after.greedy_accuracy(),
                      "accuracy_sampled": after.sampled_accuracy()})
-            measured.append((result, before, after, time.monotonic() - t0))
+            seconds = time.monotonic() - t0  # of this process: a resumed stage counts from its resume
+            measured.append((result, before, after, seconds))
             (out / "stages" / stage.name / "accounting.yaml").write_text(yaml.safe_dump(result.accounting))
+            (out / "stages" / stage.name / "placement.yaml").write_text(yaml.safe_dump(result.placement))
+            progress.finished[stage.name] = FinishedStage(result, before, after, seconds)
+            progress.current = {}
+            progress.save(out)
             path, version = result.model_path, result.version
         # The last stage's "after" already is the final weights on its sources.
         finals = [held_out(cfg, path, stage, scorer) for stage in cfg.stages[:-1]] + [measured[-1][2]]
@@ -212,5 +240,5 @@ def train(cfg: TrainConfig, console: Console) -> list[StageSummary]:
             scorer.close()
         log.close()
         ray.shutdown()
-        if local is not None:
-            local.stop()
+        if place.redis is not None:
+            place.redis.stop()

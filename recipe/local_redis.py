@@ -40,23 +40,31 @@ class LocalRedis:
                 self.process.kill()
 
 
-def start_local_redis(workdir: Path, timeout_s: float = 10.0) -> LocalRedis:
-    """Start a loopback-only, non-persistent server on a free port and wait until it answers."""
+def start_local_redis(workdir: Path, timeout_s: float = 10.0, host: str = "127.0.0.1",
+                      password: str = "") -> LocalRedis:
+    """Start a non-persistent server on a free port of `host` (loopback by default) and wait until it
+    answers. Off loopback a password is required: the run's queue must not be open to its network."""
+    if not password and host != "127.0.0.1":
+        raise ValueError(f"local redis on {host}: give it a password")
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         port = s.getsockname()[1]
     workdir = workdir.resolve()  # redis-server chdirs into --dir; relative paths would break
     workdir.mkdir(parents=True, exist_ok=True)
+    conf = workdir / "redis.conf"  # the password in a 0600 file, not on a command line ps shows
+    conf.touch(mode=0o600)
+    conf.chmod(0o600)
+    conf.write_text(f"requirepass {password}\n" if password else "")
     proc = subprocess.Popen(
-        [redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
+        [redis_binary(), str(conf), "--port", str(port), "--bind", host, "--save", "", "--appendonly",
          "no", "--dir", str(workdir), "--logfile", str(workdir / "redis.log")],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    client = redis.Redis(port=port)
+    client = redis.Redis(host=host, port=port, password=password or None)
     deadline = time.monotonic() + timeout_s
     while True:
         try:
             client.ping()
-            return LocalRedis(f"redis://127.0.0.1:{port}/0", proc)
+            return LocalRedis(f"redis://{host}:{port}/0", proc)
         except redis.ConnectionError:
             if proc.poll() is not None or time.monotonic() > deadline:
                 proc.kill()

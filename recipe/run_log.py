@@ -43,6 +43,13 @@ class RunLog:
             parts += [fmt.format(clean[k]) for k, fmt in LINE_FIELDS if isinstance(clean.get(k), (int, float))]
             self.console.print("  ".join(parts), highlight=False)
 
+    def drop_after(self, stage: str, stage_step: int) -> None:
+        """Forget `stage`'s rows past `stage_step` (a resumed stage trains those steps again)."""
+        self.rows = [r for r in self.rows if not (r.get("stage") == stage and r.get("stage_step", 0) > stage_step)]
+        self._file.close()
+        self.path.write_text("".join(json.dumps(r) + "\n" for r in self.rows))
+        self._file = self.path.open("a")
+
     def close(self) -> None:
         self._file.close()
         self.tb.close()

@@ -1,11 +1,14 @@
-"""One RL stage: rollout engine, reward workers and learner as Ray actors, paced by the driver.
+"""One RL stage: rollout engines, reward workers and learner as Ray actors, paced by the driver.
 
-Asynchronous mode: a feeder thread keeps the engine supplied with prompts (bounded by the
-rollout's in-flight and backlog limits) while the learner trains; after each step the new
-weights go to the engine (`learner.weight_transport`: broadcast over the group the two share, or
-pulled from the learner's HTTP server) and the engine loads them while the learner already trains
-the next step.
-Synchronous mode: generate a round, score it, train, in turn — nothing overlaps.
+Asynchronous mode: one feeder thread per engine keeps it supplied with prompts from the stage's one
+prompt stream (each engine's own in-flight and backlog limits pace its feeder, so a faster engine
+takes more rounds) while the learner trains; after each step the new weights go to every engine
+(`learner.weight_transport`: broadcast over the group the learner and all engines share, or pulled
+from the learner's HTTP server) and the engines load them while the learner trains the next step.
+Synchronous mode: generate a round (spread over the engines), score it, train, in turn.
+
+Placement (`cluster:`): the learner is placed first and reports the address of its node; the engines
+get that address for the weight path, wherever Ray puts them.
 """
 
 from __future__ import annotations
@@ -25,9 +28,10 @@ from actors.rollout_actor import RolloutActor
 from actors.trainer_actor import TrainerActor
 from protocol.config import RunConfig
 from protocol.config.train import StageConfig, TrainConfig
-from protocol.queue import Backpressure, connect
+from protocol.queue import Backpressure, queue_client
 from protocol.streams import LEARNER_GROUP, RunKeys
 from protocol.transport import WeightVersion
+from recipe.cluster import Placement
 from recipe.prompts import PassRates, prompt_stream
 from recipe.tasks import TaskItem
 from recipe.verdicts import correct
@@ -40,16 +44,17 @@ class StageResult:
     version: int
     steps: int
     accounting: dict[str, int] = field(default_factory=dict)
+    placement: dict[str, Any] = field(default_factory=dict)  # node address of the learner and each engine
 
 
 def stage_run_config(cfg: TrainConfig, stage: StageConfig, model_path: str, redis_url: str,
-                     port: int, out_dir: Path) -> RunConfig:
+                     out_dir: Path) -> RunConfig:
     """The service sections of the run, specialised to this stage (its own checkpoints: a stage
-    never resumes from the one before)."""
+    never resumes from the one before). The learner's addresses are filled in once it is placed."""
     base = cfg.services()
     learner = base.learner.model_copy(update=dict(
         model_path=model_path, token_budget=stage.token_budget, lr=stage.lr,
-        warmup_steps=stage.warmup_steps, broadcast_port=port, broadcast_world_size=2,
+        warmup_steps=stage.warmup_steps, broadcast_world_size=1 + cfg.cluster.engines,
         checkpoint_dir=str(out_dir / "checkpoints")))
     rollout = base.rollout.model_copy(update=dict(
         model=model_path, n=stage.n, max_tokens=stage.max_new_tokens,
@@ -58,60 +63,70 @@ def stage_run_config(cfg: TrainConfig, stage: StageConfig, model_path: str, redi
                                        redis=base.redis.model_copy(update={"url": redis_url})))
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class StageRunner:
     def __init__(self, cfg: TrainConfig, stage: StageConfig, items: list[TaskItem], replay: list[TaskItem],
-                 model_path: str, version: int, redis_url: str, out_dir: Path) -> None:
+                 model_path: str, version: int, place: Placement, out_dir: Path) -> None:
         self.cfg, self.stage = cfg, stage
-        port = free_port()
-        self.rc = stage_run_config(cfg, stage, model_path, redis_url, port, out_dir)
-        cj = self.rc.model_dump_json()
+        self.rc = stage_run_config(cfg, stage, model_path, place.redis_url, out_dir)
         self.keys = RunKeys(cfg.run.name)
-        self.client = connect(redis_url)
+        self.client = queue_client(self.rc.redis)
         self.backlog = Backpressure(self.client, [self.keys.rollouts, self.keys.scored], 1,
                                     custody=(self.keys.scored, LEARNER_GROUP))
         self.rates = PassRates(stage.feed_window, stage.feed_floor) if stage.feed == "pass_rate" else None
         self.prompts = prompt_stream(items, stage, cfg.run.seed + version, replay, self.rates)
+        self._prompts_lock = threading.Lock()  # the engines' feeders share the one stream
         self._counted = {"groups_in": 0, "groups_filtered": 0}
+        cl = cfg.cluster
         # One intra-op thread for the learner: it shares the machine with the engine's pinned
         # thread pool, and oversubscribed OpenMP pools spin against each other (10x slower).
         threads = {"env_vars": {"OMP_NUM_THREADS": str(cfg.learner_threads)}}
-        self.trainer = TrainerActor.options(num_cpus=1, runtime_env=threads).remote(
-            cj, version, str(out_dir / "weights"))
-        self.rollout = RolloutActor.options(num_cpus=1).remote(cj, model_path, version)
-        self.rewards = [RewardActor.options(num_cpus=0).remote(cj, i) for i in range(cfg.reward_workers)]
+        lc = self.rc.learner  # rank 0; the learner starts its other ranks with the same resources
+        self.trainer = TrainerActor.options(num_cpus=lc.rank_num_cpus, num_gpus=lc.rank_num_gpus,
+                                            runtime_env=threads).remote(self.rc.model_dump_json(), version, str(out_dir / "weights"), place.joined)
+        host, url, port = ray.get(self.trainer.endpoint.remote())
+        self.rc = self.rc.model_copy(update={"learner": self.rc.learner.model_copy(
+            update={"http_host": host, "public_url": url, "broadcast_host": host, "broadcast_port": port})})
+        cj = self.rc.model_dump_json()
+        self.engines = [RolloutActor.options(num_cpus=cl.engine_cpus, num_gpus=cl.engine_gpus,
+                                             resources=cl.engine_resources).remote(cj, model_path, version)
+                        for _ in range(cl.engines)]
+        self.rewards = [RewardActor.options(num_cpus=cl.reward_cpus).remote(cj, i) for i in range(cfg.reward_workers)]
         self._reward_runs = [r.run.remote() for r in self.rewards]
         lc = self.rc.learner
         self.broadcast = lc.weight_transport == "broadcast"
-        if self.broadcast:
+        if self.broadcast:  # the learner is rank 0, engine i rank i + 1
             ray.get([self.trainer.join_broadcast.remote(lc.broadcast_world_size),
-                     self.rollout.join_weight_group.remote(lc.broadcast_host, lc.broadcast_port, 1,
-                                                           lc.broadcast_world_size)])
+                     *(e.join_weight_group.remote(host, port, i + 1, lc.broadcast_world_size)
+                       for i, e in enumerate(self.engines))])
         self._stop = threading.Event()
-        self._feeder: threading.Thread | None = None
-        self._update: Any = None
+        self._feeders: list[threading.Thread] = []
+        self._updates: list[Any] = []
+        # A resumed stage: the learner took up its newest checkpoint, past the weights the engines
+        # were started with; they load the learner's before generating anything.
+        self.steps_done = ray.get(self.trainer.version.remote()) - version
+        counts = ray.get(self.trainer.counters.remote())
+        self._counted = {k: counts[k] for k in self._counted}
+        # the groups its checkpoint holds were generated by the engines of the killed run
+        self.groups_before_resume = counts["groups_in"] + counts["groups_duplicate"]
+        if self.steps_done:
+            self._send_weights(self.steps_done + version)
+            self._wait_updates()
 
     # ---- feeding ----------------------------------------------------------------------------
-    def _next_round(self) -> list[dict[str, Any]]:
-        if self.rates is not None:
-            for prompt_id, mean_reward in ray.get(self.trainer.outcomes.remote()):
-                self.rates.record(prompt_id, mean_reward)
-        return list(itertools.islice(self.prompts, self.stage.prompts_per_round))
+    def _next_round(self, size: int | None = None) -> list[dict[str, Any]]:
+        with self._prompts_lock:
+            if self.rates is not None:
+                for prompt_id, mean_reward in ray.get(self.trainer.outcomes.remote()):
+                    self.rates.record(prompt_id, mean_reward)
+            return list(itertools.islice(self.prompts, size or self.stage.prompts_per_round))
 
-    def _feed_forever(self) -> None:
+    def _feed_forever(self, engine: Any) -> None:
         # submit() blocks while the engine's queue is full; poll so that stop() is honoured at
         # once and no thread touches Ray after the driver shuts it down.
         pending = None
         while not self._stop.is_set():
             if pending is None:
-                pending = self.rollout.submit.remote(self._next_round())
+                pending = engine.submit.remote(self._next_round())
             done, _ = ray.wait([pending], timeout=0.5)
             if done:
                 ray.get(pending)
@@ -119,15 +134,28 @@ class StageRunner:
 
     def _stop_feeder(self) -> None:
         self._stop.set()
-        if self._feeder is not None:
-            self._feeder.join(10)
+        for feeder in self._feeders:
+            feeder.join(10)
+
+    def _generate_round(self) -> None:
+        """Sync mode: one round of prompts, spread evenly over the engines."""
+        share = -(-self.stage.prompts_per_round // len(self.engines))
+        ray.get([e.submit.remote(self._next_round(share)) for e in self.engines])
+
+    def _idle(self) -> bool:
+        return all(ray.get([e.wait_idle.remote(0.2) for e in self.engines]))
+
+    def _wait_updates(self) -> None:
+        """Every engine has loaded the newest version sent (the next may only be sent after)."""
+        ray.get(self._updates)
+        self._updates = []
 
     def _drain(self, timeout_s: float = 600.0) -> None:
         """Wait until every generated group has reached the learner's batcher."""
         deadline = time.monotonic() + timeout_s
-        # The learner keeps ingesting while the engine finishes, or the backlog gate could hold
+        # The learner keeps ingesting while the engines finish, or the backlog gate could hold
         # the last prompts back forever.
-        while not ray.get(self.rollout.wait_idle.remote(0.2)):
+        while not self._idle():
             ray.get(self.trainer.ingest.remote(50))
             if time.monotonic() > deadline:
                 raise TimeoutError("stage drain: the engine did not finish its prompts in time")
@@ -142,12 +170,14 @@ class StageRunner:
     def step(self) -> dict[str, Any]:
         t = time.monotonic()  # sync mode: the step's wall time includes its generation rounds
         if self.cfg.asynchronous:
-            if self._feeder is None:
-                self._feeder = threading.Thread(target=self._feed_forever, daemon=True, name="feeder")
-                self._feeder.start()
+            if not self._feeders:
+                self._feeders = [threading.Thread(target=self._feed_forever, args=(e,), daemon=True,
+                                                  name=f"feeder-{i}") for i, e in enumerate(self.engines)]
+                for feeder in self._feeders:
+                    feeder.start()
         else:
             while not ray.get(self.trainer.ready.remote()):
-                ray.get(self.rollout.submit.remote(self._next_round()))
+                self._generate_round()
                 self._drain()
         t_train = time.monotonic()
         metrics = ray.get(self.trainer.step.remote())
@@ -159,35 +189,48 @@ class StageRunner:
                 "the start checkpoint solves none (or all) of these prompts; train SFT longer or "
                 "raise the stage's n")
         train_s = time.monotonic() - t_train
-        if self._update is not None:  # the previous version must be loaded before the next is sent
-            ray.get(self._update)
-        publish = self.trainer.publish.remote()
-        if self.broadcast:  # a collective: the engine must be receiving while the learner sends
-            self._update = self.rollout.update_weights.remote(WeightVersion(version=metrics["version"]))
-            _, publish_s = ray.get(publish)
-        else:  # the engine pulls what the learner has stored
-            record, publish_s = ray.get(publish)
-            self._update = self.rollout.update_weights.remote(record)
+        publish_s = self._send_weights(metrics["version"])
         if not self.cfg.asynchronous:
-            ray.get(self._update)
-            self._update = None
+            self._wait_updates()
         counts = ray.get(self.trainer.counters.remote())
         new_in, new_filtered = (counts[k] - self._counted[k] for k in ("groups_in", "groups_filtered"))
         self._counted = {k: counts[k] for k in self._counted}
         return {**metrics, "step_wall_s": time.monotonic() - t, "train_call_s": train_s,
                 "publish_s": publish_s, "filtered_share": new_filtered / new_in if new_in else 0.0}
 
+    def _send_weights(self, version: int) -> float:
+        """Publish the learner's weights (`version`) and start every engine loading them; the
+        seconds publishing took."""
+        self._wait_updates()  # the previous version must be loaded before the next is sent
+        publish = self.trainer.publish.remote()
+        if self.broadcast:  # a collective: every engine must be receiving while the learner sends
+            record = WeightVersion(version=version)
+            self._updates = [e.update_weights.remote(record) for e in self.engines]
+            _, publish_s = ray.get(publish)
+        else:  # the engines pull what the learner has stored
+            record, publish_s = ray.get(publish)
+            self._updates = [e.update_weights.remote(record) for e in self.engines]
+        return publish_s
+
     def greedy_accuracy(self, items: list[TaskItem], scorer: Scorer) -> tuple[int, float]:
-        """(engine version, greedy accuracy on `items`) once the newest published version is loaded."""
-        if self._update is not None:
-            ray.get(self._update)
-            self._update = None
-        version, texts = ray.get(self.rollout.greedy.remote([it.prompt for it in items], self.stage.max_new_tokens))
+        """(engine version, greedy accuracy on `items`) once the newest published version is loaded,
+        the items spread over the engines."""
+        self._wait_updates()
+        k = len(self.engines)
+        answers = ray.get([e.greedy.remote([it.prompt for it in items[i::k]], self.stage.max_new_tokens)
+                           for i, e in enumerate(self.engines)])
+        texts: list[str] = [""] * len(items)
+        for i, (_, part) in enumerate(answers):
+            texts[i::k] = part
         ok = correct(scorer, items, texts)
-        return version, sum(ok) / len(ok)
+        return min(v for v, _ in answers), sum(ok) / len(ok)
 
     def rollout_stats(self) -> dict[str, int]:
-        return ray.get(self.rollout.stats.remote())
+        """The engines' counters, summed."""
+        total: Counter[str] = Counter()
+        for stats in ray.get([e.stats.remote() for e in self.engines]):
+            total.update(stats)
+        return dict(total)
 
     def emergency_checkpoint(self) -> None:
         """On Ctrl-C or a failure: keep a resumable checkpoint of the learner, if it still answers."""
@@ -200,11 +243,13 @@ class StageRunner:
     def finish(self, save_to: Path) -> StageResult:
         """Stop feeding, let everything in flight land, account for every group, save weights."""
         self._stop_feeder()
-        if self._update is not None:
-            ray.get(self._update)
+        self._wait_updates()
         self._drain()
         counters = ray.get(self.trainer.counters.remote())
+        per_engine = ray.get([e.stats.remote() for e in self.engines])
         rollout = self.rollout_stats()
+        placement = {"learner": ray.get(self.trainer.endpoint.remote())[0],
+                     "engines": ray.get([e.node.remote() for e in self.engines])}
         path = ray.get(self.trainer.save.remote(str(save_to)))
         version = ray.get(self.trainer.version.remote())
         for r in self.rewards:
@@ -212,12 +257,14 @@ class StageRunner:
         verdicts: Counter[str] = Counter()
         for stats in ray.get(self._reward_runs):
             verdicts.update({k: v for k, v in stats.items() if k.startswith("status.")})
-        ray.get(self.rollout.stop.remote())
+        ray.get([e.stop.remote() for e in self.engines])
         ray.get(self.trainer.close.remote())
-        for actor in (self.trainer, self.rollout, *self.rewards):
+        for actor in (self.trainer, *self.engines, *self.rewards):
             ray.kill(actor)
         self.client.delete(self.keys.rollouts, self.keys.scored)
         # Verdict counts (correct, wrong, timeout, ...) show a reward path that silently scores 0.
-        accounting = {"generated_groups": rollout["written"], "generated_tokens": rollout["tokens_written"],
+        accounting = {"generated_groups": rollout["written"] + self.groups_before_resume,
+                      "groups_before_resume": self.groups_before_resume, "generated_tokens": rollout["tokens_written"],
+                      **{f"generated_groups_engine{i}": st["written"] for i, st in enumerate(per_engine)},
                       **counters, **{f"verdicts_{k.removeprefix('status.')}": v for k, v in sorted(verdicts.items())}}
-        return StageResult(path, version, counters["steps"], accounting)
+        return StageResult(path, version, counters["steps"], accounting, placement)

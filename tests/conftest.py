@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -15,11 +14,7 @@ from typing import Any
 import pytest
 import redis
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from protocol.netaddr import free_port  # noqa: F401  (tests import it from here)
 
 
 @contextmanager

@@ -26,3 +26,5 @@ def test_ring_lite_config_has_the_recipe_numbers() -> None:
         assert s.prompts_per_round == 512
     assert cfg.model.path and cfg.learner.loss_type == "c3po" and cfg.learner.mismatch == "icepop"
     assert cfg.rollout.max_model_len >= 32_768 + 2_048
+    # 8 engines and 8 learner ranks, one GPU each: two 8-GPU nodes
+    assert (cfg.cluster.engines, cfg.learner.ranks, cfg.learner.device) == (8, 8, "cuda")

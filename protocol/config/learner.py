@@ -35,10 +35,10 @@ class LearnerConfig(Section):
         description="Seconds any collective of the learner ranks may wait on a peer before it raises "
                     "(a dead or stuck rank fails the step instead of hanging it).")
     rank_num_cpus: float = Field(
-        default=1.0, ge=0, description="CPUs each extra learner rank actor (ranks 1..K-1) requests from Ray.")
+        default=1.0, ge=0, description="CPUs each learner rank actor (rank 0 included) requests from Ray.")
     rank_num_gpus: float = Field(
         default=0.0, ge=0,
-        description="GPUs each extra learner rank actor requests from Ray (1 with device: cuda).")
+        description="GPUs each learner rank actor (rank 0 included) requests from Ray (1 with device: cuda).")
     # --- batching -------------------------------------------------------------------------
     loss_type: Literal["c3po", "grpo", "dapo"] = Field(
         default="c3po",

@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from protocol.config.base import Section
+from protocol.config.cluster import ClusterConfig
 from protocol.config.driver import DriverConfig
 from protocol.config.model import ModelSection
 from protocol.config.run import RunSection
@@ -86,6 +87,8 @@ class TrainConfig(RunConfig):
     eval_samples: int = Field(
         default=4, gt=0, description="Sampled responses (T=1) per held-out item for the sampled pass@1 "
                                      "reported next to greedy accuracy.")
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig,
+                                   description="Ray: local or a cluster to join, engines, resources per actor.")
     driver: DriverConfig = Field(default_factory=DriverConfig,
                                  description="Services mode: the driver that runs the stages (`ringrl serve driver`).")
 

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from protocol.netaddr import local_address
 from protocol.transport import (
     DTYPES,
     Manifest,
@@ -62,7 +63,9 @@ def create_group(host: str, port: int, rank: int, world_size: int, backend: str 
     if backend == "gloo":
         opts = dist.ProcessGroupGloo._Options()
         opts._timeout = timeout
-        opts._devices = [dist.ProcessGroupGloo.create_device(hostname=host)]
+        # gloo binds this address: the rendezvous host on rank 0, on the others the local address
+        # on the route to it (on another node the learner's address is not ours to bind)
+        opts._devices = [dist.ProcessGroupGloo.create_device(hostname=host if rank == 0 else local_address(host))]
         pg = dist.ProcessGroupGloo(prefixed, rank, world_size, opts)
     elif backend == "nccl":
         opts = dist.ProcessGroupNCCL.Options()

@@ -11,6 +11,7 @@ from typing import Any
 import jsonschema
 import kubernetes_validate
 import pytest
+import yaml
 
 from tests.deploy.manifests import KUBE_VERSIONS, container_env, kuberay_docs, pod_specs
 
@@ -82,6 +83,21 @@ def test_cluster_roles() -> None:
     mounts = {m["mountPath"] for m in head["containers"][0]["volumeMounts"]}
     assert "/etc/ringrl" in mounts
     assert head["volumes"][0]["configMap"]["name"] == docs["ConfigMap"]["metadata"]["name"]
+
+
+def test_run_config_fills_the_gpu_group() -> None:
+    """The RayJob's run config is a valid TrainConfig whose engines and learner ranks, one GPU each,
+    are exactly what the gpu worker group offers (fewer: the run waits forever for a placement)."""
+    from protocol.config import parse_config
+    from protocol.config.train import TrainConfig
+
+    docs = {d["kind"]: d for d in kuberay_docs()}
+    cfg = parse_config(yaml.safe_load(docs["ConfigMap"]["data"]["run.yaml"]), "run.yaml", env={}, model=TrainConfig)
+    groups = {g["groupName"]: g for g in docs["RayCluster"]["spec"]["workerGroupSpecs"]}
+    gpus = groups["gpu"]["replicas"] * groups["gpu"]["template"]["spec"]["containers"][0]["resources"]["limits"][
+        "nvidia.com/gpu"]
+    assert cfg.cluster.engines * cfg.cluster.engine_gpus + cfg.learner.ranks * cfg.learner.rank_num_gpus == gpus
+    assert cfg.learner.ranks > 1 and cfg.cluster.engines > 1 and cfg.learner.broadcast_backend == "nccl"
 
 
 def test_ray_refuses_callers_without_the_token() -> None:

@@ -40,11 +40,13 @@ def test_local_redis_starts_from_a_relative_folder_and_stops(tmp_path: Path) -> 
 def test_default_config_loads_and_stage_sections_are_specialised() -> None:
     cfg = load_config(DEFAULT_CONFIG, model=TrainConfig, env={})
     stage = cfg.stages[0]
-    rc = stage_run_config(cfg, stage, "/models/x", "redis://127.0.0.1:1/0", 12345, Path("/runs/demo/stages/math"))
+    rc = stage_run_config(cfg, stage, "/models/x", "redis://127.0.0.1:1/0", Path("/runs/demo/stages/math"))
     assert rc.learner.token_budget == stage.token_budget and rc.learner.lr == stage.lr
     assert rc.learner.model_path == rc.rollout.model == "/models/x"
     assert rc.rollout.n == stage.n and rc.rollout.max_tokens == stage.max_new_tokens
-    assert rc.learner.broadcast_port == 12345 and rc.learner.broadcast_world_size == 2
+    assert rc.learner.broadcast_world_size == 2  # the learner and the one engine
+    three = cfg.model_copy(update={"cluster": cfg.cluster.model_copy(update={"engines": 3})})
+    assert stage_run_config(three, stage, "/m", "redis://r:1/0", Path("/r")).learner.broadcast_world_size == 4
     assert rc.learner.weight_transport == "broadcast"  # the demo's engine shares a gloo group with the learner
     assert TrainConfig().learner.weight_transport == "http"  # elsewhere no rendezvous is needed
     assert rc.redis.url == "redis://127.0.0.1:1/0"

@@ -1,0 +1,100 @@
+"""`ringrl train --resume RUN_DIR`: a run SIGKILLed inside its first stage (driver, Ray, Redis and
+every actor at once) goes on from the stage's newest learner checkpoint and ends with every step
+trained once, in order, and an accounting that balances."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.recipe.conftest import BIN
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
+BUDGET = 512
+STEPS = {"sums": 4, "legs": 2}
+
+
+def config(tmp: Path, start: str) -> Path:
+    stage = {"token_budget": BUDGET, "max_new_tokens": 64, "n": 8, "prompts_per_round": 8, "warmup_steps": 0}
+    cfg = {"run": {"name": "resumed", "output_dir": str(tmp / "runs"), "seed": 0},
+           "model": {"path": start},
+           "tasks": {"sources": ["chain_sum", "leg_counting"], "train_size": 400, "held_out_size": 10},
+           "sft": {"max_steps": 0, "max_minutes": 0},
+           "learner": {"checkpoint_every": 2, "max_staleness": 4},
+           "rollout": {"max_model_len": 256, "cpu_threads_bind": "0"},
+           "stages": [{"name": "sums", "sources": ["chain_sum"], "steps": STEPS["sums"], **stage},
+                      {"name": "legs", "sources": ["leg_counting"], "steps": STEPS["legs"], **stage}],
+           "eval_size": 6, "eval_samples": 1}
+    path = tmp / "run.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def rows(run: Path) -> list[dict]:
+    path = run / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+def kill_session(sid: int, run: Path) -> None:
+    """SIGKILL the driver's whole session (Ray's processes and workers) and the run's Redis."""
+    for _ in range(3):  # a worker forked while the first sweep ran is caught by the next
+        for pid in (int(p) for p in os.listdir("/proc") if p.isdigit()):
+            try:
+                mine = os.getsid(pid) == sid or str(run) in Path(f"/proc/{pid}/cmdline").read_text()
+                if mine:
+                    os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError, FileNotFoundError):
+                pass
+        time.sleep(0.5)
+
+
+def test_killed_run_resumes_inside_its_stage(start_checkpoint: str, tmp_path: Path) -> None:
+    cfg = config(tmp_path, start_checkpoint)
+    run = tmp_path / "runs" / "resumed"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    first = subprocess.Popen([str(BIN / "ringrl"), "train", str(cfg)], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 900
+        # past the stage's checkpoint at step 2, with a step after it that the resumed run redoes
+        while not any(r.get("stage") == "sums" and r.get("stage_step", 0) >= 3 and "tokens" in r for r in rows(run)):
+            assert first.poll() is None, first.stderr.read() if first.stderr else ""
+            assert time.monotonic() < deadline, "the run made no progress"
+            time.sleep(0.2)
+    finally:
+        kill_session(first.pid, run)
+        first.wait(30)
+    assert not (run / "stages" / "sums" / "accounting.yaml").exists()  # the stage did not finish
+
+    r = subprocess.run([str(BIN / "ringrl"), "train", "--resume", str(run)], capture_output=True, text=True,
+                       timeout=900, env=env)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "resuming stage sums from its newest learner checkpoint" in r.stdout
+
+    steps = [x for x in rows(run) if "tokens" in x]
+    assert [(x["stage"], x["stage_step"]) for x in steps] == \
+        [("sums", i) for i in range(1, 5)] + [("legs", i) for i in range(1, 3)]  # each once, in order
+    assert [x["step"] for x in steps] == list(range(1, 7))
+    assert all(x["tokens"] == BUDGET for x in steps)
+    for name in STEPS:
+        a = yaml.safe_load((run / "stages" / name / "accounting.yaml").read_text())
+        assert a["steps"] == STEPS[name]
+        assert a["generated_groups"] == a["groups_in"] + a["groups_duplicate"], a
+    assert yaml.safe_load((run / "stages" / "sums" / "accounting.yaml").read_text())["groups_before_resume"] > 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert [s["stage"] for s in summary] == ["sums", "legs"]
+    assert (run / "plots" / "reward.png").is_file()
+
+
+def test_resume_refuses_a_folder_without_a_run(tmp_path: Path) -> None:
+    r = subprocess.run([str(BIN / "ringrl"), "train", "--resume", str(tmp_path)], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode != 0 and "no progress.json" in r.stderr + r.stdout
+    assert "Traceback" not in r.stderr
