@@ -24,7 +24,7 @@ class RolloutActor:
             raise ValueError("redis.url: the rollout actor streams into Redis; start one first")
         self._engine = Engine(model or cfg.rollout.model, cfg.rollout, version=version)
         self._rollouts = Rollouts(self._engine, queue_client(cfg.redis), cfg.run.name, cfg.rollout,
-                                  cfg.redis.max_backlog)
+                                  cfg.redis.max_backlog, audit=cfg.redis.audit)
         self._receiver: WeightReceiver = (BroadcastReceiver() if cfg.learner.weight_transport == "broadcast"
                                           else HttpReceiver())
         self._backend = cfg.learner.broadcast_backend

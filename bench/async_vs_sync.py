@@ -5,7 +5,7 @@ engine steps. Sync: generate a round, score it, train, publish — in turn. Both
 same token budget per step (C3PO), so wall time per step compares like with like.
 
     python -m bench.async_vs_sync [--config CFG] [--steps 20] [--model SFT_CHECKPOINT]
-Without --model it first distils the tiny model for --sft-minutes (shared by both modes).
+Without --model it first distils the tiny model for --sft-steps (shared by both modes).
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from rich.table import Table
 
 from protocol.config import load_config
 from protocol.config.train import DEFAULT_CONFIG, TrainConfig
-from recipe.driver import distil, prepare_model, train
+from bench.common import start_checkpoint
+from recipe.driver import train
 from recipe.evaluate import paired_gain
 
 
@@ -29,7 +30,7 @@ def main() -> None:
     ap.add_argument("--config", default=str(DEFAULT_CONFIG), help="run config (default: the demo)")
     ap.add_argument("--steps", type=int, default=20, help="RL steps per stage in each mode")
     ap.add_argument("--model", default="", help="start checkpoint; empty: distil one first")
-    ap.add_argument("--sft-minutes", type=float, default=4.0, help="SFT length when --model is empty")
+    ap.add_argument("--sft-steps", type=int, default=2400, help="SFT steps when --model is empty")
     ap.add_argument("--out", default="runs/bench-async-vs-sync", help="output folder")
     args = ap.parse_args()
     console = Console()
@@ -37,9 +38,7 @@ def main() -> None:
     base: TrainConfig = load_config(args.config, model=TrainConfig)
     start = args.model
     if not start:
-        base.sft.max_minutes = args.sft_minutes
-        base.sft.save_every_minutes = base.sft.save_every_steps = 0
-        start = distil(base, prepare_model(base, out / "sft", console), out / "sft", console)[-1]
+        start = start_checkpoint(base, out / "sft", console, args.sft_steps)
     results = {}
     for asynchronous in (True, False):
         mode = "async" if asynchronous else "sync"

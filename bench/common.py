@@ -10,8 +10,15 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import redis
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from protocol.config.train import TrainConfig
 
 
 @contextmanager
@@ -53,3 +60,14 @@ def best_of(repeats: int, fn: Callable[[], None]) -> float:
         fn()
         times.append(time.perf_counter() - t)
     return min(times)
+
+
+def start_checkpoint(cfg: TrainConfig, out: Path, console: Console, sft_steps: int) -> str:
+    """The RL start of a bench run: the run config's tiny model distilled for `sft_steps` steps
+    (one checkpoint, no selection), shared by every variant the bench compares."""
+    from recipe.driver import distil, prepare_model
+
+    init = prepare_model(cfg.model, cfg.tasks, cfg.run.seed, out, console)
+    sft = cfg.sft.model_copy(update={"init_model": init, "output_dir": str(out / "sft"), "max_steps": sft_steps,
+                                     "max_minutes": 0, "save_every_steps": 0, "save_every_minutes": 0})
+    return distil(sft, cfg.tasks, console)[-1]

@@ -24,7 +24,6 @@ from typing import Any
 import ray
 
 from actors.reward_actor import RewardActor
-from actors.rollout_actor import RolloutActor
 from actors.trainer_actor import TrainerActor
 from protocol.config import RunConfig
 from protocol.config.train import StageConfig, TrainConfig
@@ -32,6 +31,7 @@ from protocol.queue import Backpressure, queue_client
 from protocol.streams import LEARNER_GROUP, RunKeys
 from protocol.transport import WeightVersion
 from recipe.cluster import Placement
+from recipe.engines import RESTART_TIMEOUT_S, EngineLost, Engines
 from recipe.prompts import PassRates, prompt_stream
 from recipe.tasks import TaskItem
 from recipe.verdicts import correct
@@ -60,7 +60,8 @@ def stage_run_config(cfg: TrainConfig, stage: StageConfig, model_path: str, redi
         model=model_path, n=stage.n, max_tokens=stage.max_new_tokens,
         max_inflight_groups=stage.prompts_per_round, max_pending_prompts=stage.prompts_per_round))
     return base.model_copy(update=dict(learner=learner, rollout=rollout,
-                                       redis=base.redis.model_copy(update={"url": redis_url})))
+                                       # the engines' group ids, for failover and accounting by id
+                                       redis=base.redis.model_copy(update={"url": redis_url, "audit": True})))
 
 
 class StageRunner:
@@ -87,9 +88,7 @@ class StageRunner:
         self.rc = self.rc.model_copy(update={"learner": self.rc.learner.model_copy(
             update={"http_host": host, "public_url": url, "broadcast_host": host, "broadcast_port": port})})
         cj = self.rc.model_dump_json()
-        self.engines = [RolloutActor.options(num_cpus=cl.engine_cpus, num_gpus=cl.engine_gpus,
-                                             resources=cl.engine_resources).remote(cj, model_path, version)
-                        for _ in range(cl.engines)]
+        self.engines = Engines(self.rc, cl, model_path, version, self.client)
         self.rewards = [RewardActor.options(num_cpus=cl.reward_cpus).remote(cj, i) for i in range(cfg.reward_workers)]
         self._reward_runs = [r.run.remote() for r in self.rewards]
         lc = self.rc.learner
@@ -97,9 +96,10 @@ class StageRunner:
         if self.broadcast:  # the learner is rank 0, engine i rank i + 1
             ray.get([self.trainer.join_broadcast.remote(lc.broadcast_world_size),
                      *(e.join_weight_group.remote(host, port, i + 1, lc.broadcast_world_size)
-                       for i, e in enumerate(self.engines))])
+                       for i, e in enumerate(self.engines.actors))])
         self._stop = threading.Event()
         self._feeders: list[threading.Thread] = []
+        self._feed_error: EngineLost | None = None
         self._updates: list[Any] = []
         # A resumed stage: the learner took up its newest checkpoint, past the weights the engines
         # were started with; they load the learner's before generating anything.
@@ -120,34 +120,40 @@ class StageRunner:
                     self.rates.record(prompt_id, mean_reward)
             return list(itertools.islice(self.prompts, size or self.stage.prompts_per_round))
 
-    def _feed_forever(self, engine: Any) -> None:
+    def _feed_forever(self, i: int) -> None:
         # submit() blocks while the engine's queue is full; poll so that stop() is honoured at
         # once and no thread touches Ray after the driver shuts it down.
         pending = None
-        while not self._stop.is_set():
-            if pending is None:
-                pending = engine.submit.remote(self._next_round())
-            done, _ = ray.wait([pending], timeout=0.5)
-            if done:
-                ray.get(pending)
-                pending = None
+        try:
+            while not self._stop.is_set():
+                if pending is None:
+                    pending, since = self.engines.submit(i, self._next_round())
+                done, _ = ray.wait([pending], timeout=0.5)
+                if done:
+                    self.engines.settle(i, pending, since)  # a dead engine is recovered here
+                    pending = None
+        except EngineLost as exc:
+            self._feed_error = exc
+
+    def _check_feeders(self) -> None:
+        if self._feed_error is not None:
+            raise self._feed_error
 
     def _stop_feeder(self) -> None:
         self._stop.set()
-        for feeder in self._feeders:
-            feeder.join(10)
+        for feeder in self._feeders:  # one may be bringing a restarted engine back: let it finish
+            feeder.join(RESTART_TIMEOUT_S + 60)
 
     def _generate_round(self) -> None:
         """Sync mode: one round of prompts, spread evenly over the engines."""
         share = -(-self.stage.prompts_per_round // len(self.engines))
-        ray.get([e.submit.remote(self._next_round(share)) for e in self.engines])
-
-    def _idle(self) -> bool:
-        return all(ray.get([e.wait_idle.remote(0.2) for e in self.engines]))
+        calls = [self.engines.submit(i, self._next_round(share)) for i in range(len(self.engines))]
+        for i, (ref, since) in enumerate(calls):
+            self.engines.settle(i, ref, since)
 
     def _wait_updates(self) -> None:
         """Every engine has loaded the newest version sent (the next may only be sent after)."""
-        ray.get(self._updates)
+        self.engines.wait(self._updates)
         self._updates = []
 
     def _drain(self, timeout_s: float = 600.0) -> None:
@@ -155,7 +161,8 @@ class StageRunner:
         deadline = time.monotonic() + timeout_s
         # The learner keeps ingesting while the engines finish, or the backlog gate could hold
         # the last prompts back forever.
-        while not self._idle():
+        while not self.engines.idle():
+            self._check_feeders()
             ray.get(self.trainer.ingest.remote(50))
             if time.monotonic() > deadline:
                 raise TimeoutError("stage drain: the engine did not finish its prompts in time")
@@ -169,10 +176,11 @@ class StageRunner:
     # ---- steps ------------------------------------------------------------------------------
     def step(self) -> dict[str, Any]:
         t = time.monotonic()  # sync mode: the step's wall time includes its generation rounds
+        self._check_feeders()
         if self.cfg.asynchronous:
             if not self._feeders:
-                self._feeders = [threading.Thread(target=self._feed_forever, args=(e,), daemon=True,
-                                                  name=f"feeder-{i}") for i, e in enumerate(self.engines)]
+                self._feeders = [threading.Thread(target=self._feed_forever, args=(i,), daemon=True,
+                                                  name=f"feeder-{i}") for i in range(len(self.engines))]
                 for feeder in self._feeders:
                     feeder.start()
         else:
@@ -204,33 +212,23 @@ class StageRunner:
         self._wait_updates()  # the previous version must be loaded before the next is sent
         publish = self.trainer.publish.remote()
         if self.broadcast:  # a collective: every engine must be receiving while the learner sends
-            record = WeightVersion(version=version)
-            self._updates = [e.update_weights.remote(record) for e in self.engines]
+            self._updates = self.engines.update(WeightVersion(version=version))
             _, publish_s = ray.get(publish)
         else:  # the engines pull what the learner has stored
             record, publish_s = ray.get(publish)
-            self._updates = [e.update_weights.remote(record) for e in self.engines]
+            self._updates = self.engines.update(record)
         return publish_s
 
     def greedy_accuracy(self, items: list[TaskItem], scorer: Scorer) -> tuple[int, float]:
         """(engine version, greedy accuracy on `items`) once the newest published version is loaded,
         the items spread over the engines."""
         self._wait_updates()
-        k = len(self.engines)
-        answers = ray.get([e.greedy.remote([it.prompt for it in items[i::k]], self.stage.max_new_tokens)
-                           for i, e in enumerate(self.engines)])
-        texts: list[str] = [""] * len(items)
-        for i, (_, part) in enumerate(answers):
-            texts[i::k] = part
+        version, texts = self.engines.greedy([it.prompt for it in items], self.stage.max_new_tokens)
         ok = correct(scorer, items, texts)
-        return min(v for v, _ in answers), sum(ok) / len(ok)
+        return version, sum(ok) / len(ok)
 
     def rollout_stats(self) -> dict[str, int]:
-        """The engines' counters, summed."""
-        total: Counter[str] = Counter()
-        for stats in ray.get([e.stats.remote() for e in self.engines]):
-            total.update(stats)
-        return dict(total)
+        return self.engines.stats()
 
     def emergency_checkpoint(self) -> None:
         """On Ctrl-C or a failure: keep a resumable checkpoint of the learner, if it still answers."""
@@ -246,10 +244,9 @@ class StageRunner:
         self._wait_updates()
         self._drain()
         counters = ray.get(self.trainer.counters.remote())
-        per_engine = ray.get([e.stats.remote() for e in self.engines])
+        per_engine = self.engines.written()
         rollout = self.rollout_stats()
-        placement = {"learner": ray.get(self.trainer.endpoint.remote())[0],
-                     "engines": ray.get([e.node.remote() for e in self.engines])}
+        placement = {"learner": ray.get(self.trainer.endpoint.remote())[0], "engines": self.engines.nodes()}
         path = ray.get(self.trainer.save.remote(str(save_to)))
         version = ray.get(self.trainer.version.remote())
         for r in self.rewards:
@@ -257,14 +254,16 @@ class StageRunner:
         verdicts: Counter[str] = Counter()
         for stats in ray.get(self._reward_runs):
             verdicts.update({k: v for k, v in stats.items() if k.startswith("status.")})
-        ray.get([e.stop.remote() for e in self.engines])
+        self.engines.stop()
         ray.get(self.trainer.close.remote())
-        for actor in (self.trainer, *self.engines, *self.rewards):
+        for actor in (self.trainer, *self.rewards):
             ray.kill(actor)
-        self.client.delete(self.keys.rollouts, self.keys.scored)
+        self.client.delete(self.keys.rollouts, self.keys.scored, self.keys.audit_written)
         # Verdict counts (correct, wrong, timeout, ...) show a reward path that silently scores 0.
-        accounting = {"generated_groups": rollout["written"] + self.groups_before_resume,
+        # Groups by id, across engine restarts (the engines' own counters restart with them).
+        accounting = {"generated_groups": sum(per_engine) + self.groups_before_resume,
                       "groups_before_resume": self.groups_before_resume, "generated_tokens": rollout["tokens_written"],
-                      **{f"generated_groups_engine{i}": st["written"] for i, st in enumerate(per_engine)},
+                      **{f"generated_groups_engine{i}": n for i, n in enumerate(per_engine)},
+                      "engine_restarts": self.engines.restarts, "groups_reissued": self.engines.reissued,
                       **counters, **{f"verdicts_{k.removeprefix('status.')}": v for k, v in sorted(verdicts.items())}}
         return StageResult(path, version, counters["steps"], accounting, placement)

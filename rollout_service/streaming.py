@@ -45,6 +45,11 @@ class Prompt(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra=_PROMPT_RULES)
 
     prompt_id: str = Field(default="", max_length=1024, description="Caller's id of the prompt (data row).")
+    group_id: str = Field(
+        default="", max_length=64, pattern=r"^[A-Za-z0-9_-]*$",
+        description="Id the group will carry (empty: a new one). A caller that issues a prompt again "
+                    "after losing the engine it sent it to reuses the id: if the first group was written "
+                    "after all, the learner drops the second by id, so no group trains twice.")
     task: Annotated[TaskKind, Strict(False)] = Field(description="Task kind: decides the verifier.")
     reference: Reference = Field(description="What the reward side checks responses against.")
     prompt: str | None = Field(default=None, description="Prompt text (tokenised by the engine).")
@@ -177,7 +182,7 @@ class Rollouts:
         ids = self.check(prompt)
         group = Group(prompt_id=prompt.prompt_id, task=prompt.task, stage=prompt.stage,
                       prompt_text=prompt.prompt or "", prompt_token_ids=ids,
-                      reference=prompt.reference, responses=[])
+                      reference=prompt.reference, responses=[], **({"group_id": prompt.group_id} if prompt.group_id else {}))
         with self._lock:
             self._active += 1
         try:

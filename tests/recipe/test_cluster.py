@@ -8,9 +8,11 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -54,17 +56,46 @@ def check_run(run: Path, engines: int) -> dict:
     return yaml.safe_load((run / "stages" / "math" / "placement.yaml").read_text())
 
 
-def test_two_engines_and_two_learner_ranks_on_a_local_ray(start_checkpoint: str, tmp_path: Path) -> None:
-    """Engines pull weights over HTTP from a learner sharded over two FSDP2 ranks."""
+def engine_pids() -> list[int]:
+    """Ray's worker processes hosting a RolloutActor (Ray titles them `ray::RolloutActor...`)."""
+    pids = []
+    for p in Path("/proc").iterdir():
+        try:
+            if p.name.isdigit() and (p / "cmdline").read_bytes().startswith(b"ray::RolloutActor"):
+                pids.append(int(p.name))
+        except OSError:
+            pass
+    return pids
+
+
+def test_two_engines_two_learner_ranks_and_an_engine_killed_midway(start_checkpoint: str, tmp_path: Path) -> None:
+    """Engines pull weights over HTTP from a learner sharded over two FSDP2 ranks; one engine is
+    SIGKILLed after the first step: Ray restarts it, it catches up and its lost prompts are issued
+    again, and the stage ends with every group accounted for by id."""
     cfg = run_config(tmp_path, start_checkpoint, "http", {"engines": 2, "engine_cpus": 0.5},
                      {"ranks": 2, "rank_num_cpus": 0.5})
+    run = tmp_path / "runs" / "scale"
     env = {**os.environ, "RINGRL_ROLLOUT__CPU_THREADS_BIND": "0"}
     env.pop("RAY_ADDRESS", None)
-    r = subprocess.run([str(BIN / "ringrl"), "train", str(cfg)], capture_output=True, text=True, timeout=900, env=env)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    placement = check_run(tmp_path / "runs" / "scale", engines=2)
+    driver = subprocess.Popen([str(BIN / "ringrl"), "train", str(cfg)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=env)
+    killed = False
+    deadline = time.monotonic() + 900
+    while driver.poll() is None and not killed and time.monotonic() < deadline:
+        metrics = run / "metrics.jsonl"
+        if metrics.is_file() and '"tokens"' in metrics.read_text():
+            pids = engine_pids()
+            assert len(pids) == 2, pids
+            os.kill(pids[0], signal.SIGKILL)
+            killed = True
+        time.sleep(0.2)
+    out, err = driver.communicate(timeout=900)
+    assert killed and driver.returncode == 0, out[-3000:] + err[-3000:]
+    placement = check_run(run, engines=2)
     assert placement == {"learner": "127.0.0.1", "engines": [placement["engines"][0]] * 2}
-    ckpts = sorted((tmp_path / "runs" / "scale" / "stages" / "math" / "checkpoints").glob("step-*"))
+    a = yaml.safe_load((run / "stages" / "math" / "accounting.yaml").read_text())
+    assert a["engine_restarts"] == 1 and a["groups_reissued"] >= 0, a
+    ckpts = sorted((run / "stages" / "math" / "checkpoints").glob("step-*"))
     assert ckpts and (ckpts[-1] / "optimizer").is_dir()  # AdamW state saved sharded, per rank
 
 

@@ -1,0 +1,172 @@
+"""A stage's rollout engines: N `RolloutActor`s, the prompts issued to each, and their failover.
+
+Every prompt is issued with a group id chosen here, and each engine writes the ids of the groups it
+streams into the run's audit set in the same transaction as the group (`redis.audit`). When an
+engine dies, Ray restarts it (`cluster.max_engine_restarts`; HTTP weight transport only — a restarted
+engine cannot rejoin a collective group whose world is fixed, so with `broadcast` a dead engine fails
+the stage, which `ringrl train --resume` can then take up); the restarted engine loads the newest
+published version, and exactly the prompts it had been issued whose groups are not in the audit set
+are issued to it again, under the same ids, with the next prompts it is sent. So a lost group is
+generated once more and never trained twice (the learner drops a repeated id), and the accounting
+counts it: `groups_reissued`. Whoever notices a death first (a feeder, or the step waiting for a weight
+update) recovers the engine; a call made before that recovery that fails later finds it done.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from typing import Any
+
+import ray
+import ray.exceptions
+
+from actors.rollout_actor import RolloutActor
+from protocol.config import RunConfig
+from protocol.config.cluster import ClusterConfig
+from protocol.schema import new_group_id
+from protocol.streams import RunKeys
+from protocol.transport import WeightVersion
+
+RESTART_TIMEOUT_S = 600.0
+
+
+class EngineLost(RuntimeError):
+    """An engine died and cannot come back (restarts used up, or a broadcast group it was part of)."""
+
+
+class Engines:
+    def __init__(self, rc: RunConfig, cl: ClusterConfig, model_path: str, version: int, client: Any) -> None:
+        self.broadcast = rc.learner.weight_transport == "broadcast"
+        self.client, self.audit = client, RunKeys(rc.run.name).audit_written
+        cj = rc.model_dump_json()
+        self.actors = [RolloutActor.options(num_cpus=cl.engine_cpus, num_gpus=cl.engine_gpus,
+                                            resources=cl.engine_resources,
+                                            max_restarts=0 if self.broadcast else cl.max_engine_restarts,
+                                            ).remote(cj, model_path, version)
+                       for _ in range(cl.engines)]
+        self.issued: list[dict[str, dict[str, Any]]] = [{} for _ in self.actors]  # group id -> prompt
+        self.latest: WeightVersion | None = None  # what a restarted engine must load (http pull)
+        self.restarts = 0
+        self.reissued = 0
+        self._lock = threading.Lock()  # one recovery at a time, whoever noticed the death
+        self._recovered_at = [0.0 for _ in self.actors]  # monotonic time of each engine's last recovery
+        self._again: list[list[dict[str, Any]]] = [[] for _ in self.actors]  # lost prompts to issue again
+        self._update_t = 0.0
+
+    def __len__(self) -> int:
+        return len(self.actors)
+
+    # ---- prompts ------------------------------------------------------------------------------
+    def submit(self, i: int, prompts: list[dict[str, Any]]) -> tuple[Any, float]:
+        """Issue to engine i the prompts it lost in a restart (same group ids) and `prompts` (new
+        ids); the call's ref (it blocks while the engine's queue is full) and when it was made."""
+        with self._lock:
+            again, self._again[i] = self._again[i], []
+        for p in prompts:
+            p["group_id"] = new_group_id()
+            self.issued[i][p["group_id"]] = p
+        return self.actors[i].submit.remote(again + prompts), time.monotonic()
+
+    def settle(self, i: int, ref: Any, since: float) -> None:
+        """Wait for a call made to engine i at `since`; a dead engine is recovered instead."""
+        try:
+            ray.get(ref)
+        except ray.exceptions.RayActorError as exc:
+            self.recover(i, exc, since)
+
+    def recover(self, i: int, cause: BaseException, since: float) -> None:
+        """Engine i died after `since`: wait for Ray's restart, load the newest weights, and keep its
+        lost prompts for its next submit. Nothing to do if it was recovered after `since`."""
+        with self._lock:
+            if self._recovered_at[i] > since:
+                return
+            if self.broadcast:
+                raise EngineLost(f"rollout engine {i} died ({type(cause).__name__}); with "
+                                 "learner.weight_transport: broadcast it cannot rejoin the weight group: "
+                                 "resume the run (ringrl train --resume) or use weight_transport: http") from cause
+            deadline = time.monotonic() + RESTART_TIMEOUT_S
+            while True:
+                try:
+                    ray.get(self.actors[i].version.remote(), timeout=30)
+                    break
+                except ray.exceptions.ActorDiedError as exc:
+                    raise EngineLost(f"rollout engine {i} died and its restarts "
+                                     "(cluster.max_engine_restarts) are used up") from exc
+                except (ray.exceptions.ActorUnavailableError, ray.exceptions.GetTimeoutError):
+                    if time.monotonic() > deadline:
+                        raise EngineLost(f"rollout engine {i} did not come back within "
+                                         f"{RESTART_TIMEOUT_S:.0f} s") from cause
+                    time.sleep(1)
+            if self.latest is not None:
+                ray.get(self.actors[i].update_weights.remote(self.latest))
+            ids = list(self.issued[i])
+            written = self.client.smismember(self.audit, ids) if ids else []
+            lost = [self.issued[i][gid] for gid, w in zip(ids, written) if not w]
+            self.restarts += 1
+            self.reissued += len(lost)
+            self._again[i] = lost  # not submitted here: a full queue would block every recovery
+            self._recovered_at[i] = time.monotonic()
+
+    # ---- weights ------------------------------------------------------------------------------
+    def update(self, record: WeightVersion) -> list[Any]:
+        """Start every engine loading `record`; their refs (broadcast: receiving while the learner sends)."""
+        if not self.broadcast:
+            self.latest = record
+        self._update_t = time.monotonic()
+        return [e.update_weights.remote(record) for e in self.actors]
+
+    def wait(self, refs: list[Any], since: float | None = None) -> None:
+        """Wait for one call per engine (made at `since`, default: the last update's time)."""
+        for i, ref in enumerate(refs):
+            self.settle(i, ref, self._update_t if since is None else since)
+
+    # ---- state --------------------------------------------------------------------------------
+    def idle(self) -> bool:
+        """No engine holds an unwritten group (one that died is recovered, and holds none)."""
+        t = time.monotonic()
+        refs = [e.wait_idle.remote(0.2) for e in self.actors]
+        idle = True
+        for i, ref in enumerate(refs):
+            try:
+                idle = ray.get(ref) and idle
+            except ray.exceptions.RayActorError as exc:
+                self.recover(i, exc, t)
+                idle = False
+        return idle
+
+    def stats(self) -> dict[str, int]:
+        """The live engines' counters, summed (a restarted engine counts from its restart)."""
+        total: Counter[str] = Counter()
+        for i, e in enumerate(self.actors):
+            try:
+                total.update(ray.get(e.stats.remote(), timeout=60))
+            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+                pass  # restarting: its feeder recovers it
+        return dict(total)
+
+    def written(self) -> list[int]:
+        """Groups each engine wrote this stage, by id (across its restarts)."""
+        counts = []
+        for issued in self.issued:
+            ids = list(issued)
+            counts.append(sum(self.client.smismember(self.audit, ids)) if ids else 0)
+        return counts
+
+    def greedy(self, prompts: list[str], max_tokens: int) -> tuple[int, list[str]]:
+        """(oldest engine version, one greedy text per prompt), the prompts spread over the engines."""
+        k = len(self.actors)
+        answers = ray.get([e.greedy.remote(prompts[i::k], max_tokens) for i, e in enumerate(self.actors)])
+        texts: list[str] = [""] * len(prompts)
+        for i, (_, part) in enumerate(answers):
+            texts[i::k] = part
+        return min(v for v, _ in answers), texts
+
+    def nodes(self) -> list[str]:
+        return ray.get([e.node.remote() for e in self.actors])
+
+    def stop(self) -> None:
+        ray.get([e.stop.remote() for e in self.actors])
+        for e in self.actors:
+            ray.kill(e)
