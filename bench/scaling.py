@@ -3,6 +3,8 @@
 the one-engine, one-rank run a user has without them.
 
     python -m bench.scaling [--config CFG] [--steps 12] [--model SFT_CHECKPOINT] [--layouts 1x1,2x1,1x2,2x2]
+    python -m bench.scaling --redis        # bytes per group and step at the recipe's sizes, and what
+                                           # one Redis here moves: where it becomes the limit
 
 Each layout runs the config's first stage for --steps steps (held-out measures shrunk to a few
 items, no in-stage curve). Seconds per step are steady-state: from the first to the last step, so
@@ -19,10 +21,14 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
+import redis
 from rich.console import Console
 from rich.table import Table
 
-from bench.common import start_checkpoint
+from bench.common import redis_server, start_checkpoint
+from protocol.codec import encode_group
+from protocol.schema import Group, MathReference, Response, TaskKind
 from protocol.config import load_config
 from protocol.config.train import DEFAULT_CONFIG, TrainConfig
 from recipe.driver import train
@@ -33,6 +39,51 @@ def layout(text: str) -> tuple[int, int]:
     return int(engines), int(ranks)
 
 
+def recipe_group(tokens: int, n: int, routed: tuple[int, int] | None, rng: np.random.Generator) -> Group:
+    """A scored group at the recipe's sizes: n responses of `tokens` each, 2,048 prompt tokens;
+    with `routed` = (MoE layers, top-k), each response carries its routing for R3."""
+    prompt = rng.integers(0, 150_000, 2048)
+    responses = []
+    for _ in range(n):
+        rows = 2048 + tokens - 1
+        experts = rng.integers(0, 128, (rows, routed[0], routed[1])) if routed else None
+        responses.append(Response(token_ids=rng.integers(0, 150_000, tokens), logprobs=-rng.random(tokens),
+                                  policy_version=0, reward=float(rng.integers(0, 2)), routed_experts=experts))
+    return Group(prompt_id="p", task=TaskKind.math, prompt_token_ids=prompt, reference=MathReference(answer="1"),
+                 responses=responses)
+
+
+def redis_projection(console: Console) -> None:
+    """Bytes per group and per optimiser step at the recipe's sizes, and this machine's Redis rate."""
+    rng = np.random.default_rng(0)
+    budget, n = 409_600, 16
+    table = Table(title=f"Redis at the recipe's sizes: {n} responses per group, a {budget:,}-token step")
+    for col in ("response tokens", "routing (R3)", "bytes / group", "groups / step", "MB / step",
+                "XADD+XREADGROUP+XACK here", "steps/s one Redis carries"):
+        table.add_column(col, justify="right")
+    with redis_server() as url:
+        client = redis.Redis.from_url(url)
+        for tokens, routed in ((4096, None), (32_768, None), (4096, (48, 8))):
+            group = recipe_group(tokens, n, routed, rng)
+            payload = encode_group(group)
+            groups_per_step = budget / (n * tokens)
+            reps = max(4, min(64, (256 << 20) // len(payload)))
+            client.delete("bench:scaling")
+            t = time.perf_counter()
+            for _ in range(reps):  # the whole path of one group: rollout writes, learner reads and acks
+                client.xadd("bench:scaling", {"g": payload})
+            client.xgroup_create("bench:scaling", "learner", id="0")
+            read = client.xreadgroup("learner", "c", {"bench:scaling": ">"}, count=reps)
+            client.xack("bench:scaling", "learner", *[e[0] for e in read[0][1]])
+            rate = reps * len(payload) / (time.perf_counter() - t)
+            client.delete("bench:scaling")
+            step_bytes = groups_per_step * len(payload)
+            table.add_row(f"{tokens:,}", f"{routed[0]} layers x top-{routed[1]}" if routed else "-",
+                          f"{len(payload) / 2**20:.1f} MiB", f"{groups_per_step:.1f}", f"{step_bytes / 1e6:.0f}",
+                          f"{rate / 1e6:.0f} MB/s", f"{rate / step_bytes:.1f}")
+    Console(width=200).print(table)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default=str(DEFAULT_CONFIG), help="run config (default: the demo)")
@@ -41,8 +92,12 @@ def main() -> None:
     ap.add_argument("--sft-steps", type=int, default=1200, help="SFT steps when --model is empty")
     ap.add_argument("--layouts", default="1x1,2x1,1x2,2x2", help="ENGINESxRANKS, comma-separated")
     ap.add_argument("--out", default="runs/bench-scaling", help="output folder")
+    ap.add_argument("--redis", action="store_true", help="only the Redis projection at the recipe's sizes")
     args = ap.parse_args()
     console = Console()
+    if args.redis:
+        redis_projection(console)
+        return
     out = Path(args.out)
     base: TrainConfig = load_config(args.config, model=TrainConfig)
     start = args.model or start_checkpoint(base, out / "sft", console, args.sft_steps)

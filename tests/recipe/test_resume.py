@@ -1,6 +1,6 @@
-"""`ringrl train --resume RUN_DIR`: a run SIGKILLed inside its first stage (driver, Ray, Redis and
-every actor at once) goes on from the stage's newest learner checkpoint and ends with every step
-trained once, in order, and an accounting that balances."""
+"""`ringrl train --resume RUN_DIR`: a run SIGKILLed inside its second stage (driver, Ray, Redis and
+every actor at once) keeps its finished first stage, goes on from the second stage's newest learner
+checkpoint and ends with every step trained once, in order, and an accounting that balances."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from tests.recipe.conftest import BIN
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 BUDGET = 512
-STEPS = {"sums": 4, "legs": 2}
+STEPS = {"sums": 2, "legs": 4}
 
 
 def config(tmp: Path, start: str) -> Path:
@@ -55,7 +55,7 @@ def kill_session(sid: int, run: Path) -> None:
         time.sleep(0.5)
 
 
-def test_killed_run_resumes_inside_its_stage(start_checkpoint: str, tmp_path: Path) -> None:
+def test_run_killed_in_its_second_stage_resumes_there(start_checkpoint: str, tmp_path: Path) -> None:
     cfg = config(tmp_path, start_checkpoint)
     run = tmp_path / "runs" / "resumed"
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
@@ -64,30 +64,33 @@ def test_killed_run_resumes_inside_its_stage(start_checkpoint: str, tmp_path: Pa
     try:
         deadline = time.monotonic() + 900
         # past the stage's checkpoint at step 2, with a step after it that the resumed run redoes
-        while not any(r.get("stage") == "sums" and r.get("stage_step", 0) >= 3 and "tokens" in r for r in rows(run)):
+        while not any(r.get("stage") == "legs" and r.get("stage_step", 0) >= 3 and "tokens" in r for r in rows(run)):
             assert first.poll() is None, first.stderr.read() if first.stderr else ""
             assert time.monotonic() < deadline, "the run made no progress"
             time.sleep(0.2)
     finally:
         kill_session(first.pid, run)
         first.wait(30)
-    assert not (run / "stages" / "sums" / "accounting.yaml").exists()  # the stage did not finish
+    assert (run / "stages" / "sums" / "accounting.yaml").exists()  # the first stage finished
+    assert not (run / "stages" / "legs" / "accounting.yaml").exists()  # the second did not
+    sums = (run / "stages" / "sums" / "accounting.yaml").read_text()
 
     r = subprocess.run([str(BIN / "ringrl"), "train", "--resume", str(run)], capture_output=True, text=True,
                        timeout=900, env=env)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert "resuming stage sums from its newest learner checkpoint" in r.stdout
+    assert "resuming stage legs from its newest learner checkpoint" in r.stdout
+    assert (run / "stages" / "sums" / "accounting.yaml").read_text() == sums  # kept, not run again
 
     steps = [x for x in rows(run) if "tokens" in x]
     assert [(x["stage"], x["stage_step"]) for x in steps] == \
-        [("sums", i) for i in range(1, 5)] + [("legs", i) for i in range(1, 3)]  # each once, in order
+        [("sums", i) for i in range(1, 3)] + [("legs", i) for i in range(1, 5)]  # each once, in order
     assert [x["step"] for x in steps] == list(range(1, 7))
     assert all(x["tokens"] == BUDGET for x in steps)
     for name in STEPS:
         a = yaml.safe_load((run / "stages" / name / "accounting.yaml").read_text())
         assert a["steps"] == STEPS[name]
         assert a["generated_groups"] == a["groups_in"] + a["groups_duplicate"], a
-    assert yaml.safe_load((run / "stages" / "sums" / "accounting.yaml").read_text())["groups_before_resume"] > 0
+    assert yaml.safe_load((run / "stages" / "legs" / "accounting.yaml").read_text())["groups_before_resume"] > 0
     summary = json.loads((run / "summary.json").read_text())
     assert [s["stage"] for s in summary] == ["sums", "legs"]
     assert (run / "plots" / "reward.png").is_file()
