@@ -28,9 +28,9 @@ from rich.table import Table
 
 from bench.common import redis_server, start_checkpoint
 from protocol.codec import encode_group
-from protocol.schema import Group, MathReference, Response, TaskKind
 from protocol.config import load_config
 from protocol.config.train import DEFAULT_CONFIG, TrainConfig
+from protocol.schema import Group, MathReference, Response, TaskKind
 from recipe.driver import train
 
 
@@ -128,14 +128,15 @@ def main() -> None:
                         f"{base.stages[0].token_budget} tokens each, same start checkpoint")
     for col in ("engines", "ranks", "s/step", "vs 1x1", "gen tok/s", "vs 1x1", "learner step s", "vs 1x1", "run wall s"):
         table.add_column(col, justify="right")
+    def ratio(r: dict[str, float], key: str, inverse: bool = False) -> str:
+        if base_row is None:
+            return "-"
+        return f"{(base_row[key] / r[key]) if inverse else (r[key] / base_row[key]):.2f}x"
+
     for (engines, ranks), r in results.items():
-        def ratio(key: str, inverse: bool = False) -> str:
-            if base_row is None:
-                return "-"
-            return f"{(base_row[key] / r[key]) if inverse else (r[key] / base_row[key]):.2f}x"
-        table.add_row(str(engines), str(ranks), f"{r['step_s']:.2f}", ratio("step_s", inverse=True),
-                      f"{r['gen_tok_s']:.0f}", ratio("gen_tok_s"), f"{r['train_s']:.2f}",
-                      ratio("train_s", inverse=True), f"{r['wall_s']:.0f}")
+        table.add_row(str(engines), str(ranks), f"{r['step_s']:.2f}", ratio(r, "step_s", inverse=True),
+                      f"{r['gen_tok_s']:.0f}", ratio(r, "gen_tok_s"), f"{r['train_s']:.2f}",
+                      ratio(r, "train_s", inverse=True), f"{r['wall_s']:.0f}")
     Console(width=200).print(table)
     console.print("speed-up columns: >1x is faster than one engine and one rank")
 

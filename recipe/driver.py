@@ -16,16 +16,22 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from protocol.config.train import StageConfig, TrainConfig, stage_kind
+from recipe.cluster import Placement, cluster_address, start_ray
 from recipe.distil import distil, prepare_model
 from recipe.evaluate import Gain, Outcomes, outcomes, paired_gain
-from recipe.cluster import Placement, cluster_address, start_ray
 from recipe.plots import plot_metrics
-from recipe.progress import PROGRESS_FILE, FinishedStage, RunProgress, resumed_stage_step
+from recipe.progress import (
+    PROGRESS_FILE,
+    FinishedStage,
+    RunProgress,
+    resumed_stage_step,
+)
 from recipe.prompts import stage_items
 from recipe.run_log import RunLog
 from recipe.stage import StageResult, StageRunner
 from recipe.tasks import TaskItem, build_tasks
 from reward_service.scorer import Scorer
+
 
 @dataclass(frozen=True)
 class StageSummary:
