@@ -29,7 +29,6 @@ class Placement:
     """The Ray the run uses and the Redis its actors share."""
 
     joined: bool  # a cluster that was running before this run, not a local Ray started for it
-    host: str  # the address this driver advertises
     redis_url: str
     redis: LocalRedis | None  # the server this driver started, if it started one
 
@@ -38,18 +37,13 @@ def cluster_address(cfg: TrainConfig) -> str:
     return cfg.cluster.address or os.environ.get("RAY_ADDRESS", "")
 
 
-def node_ip() -> str:
-    import ray.util
-
-    return ray.util.get_node_ip_address()
-
-
 def start_ray(cfg: TrainConfig, out: Path) -> Placement:
     """Start or join Ray, and a Redis for the run unless `redis.url` names one."""
     import ray
+    import ray.util
 
     address = cluster_address(cfg)
-    host = cfg.cluster.advertise_host or (node_ip() if address else "127.0.0.1")
+    host = cfg.cluster.advertise_host or (ray.util.get_node_ip_address() if address else "127.0.0.1")
     env = {**ACTOR_ENV, **({} if address else LOCAL_ENGINE_ENV), **cfg.cluster.env}
     local: LocalRedis | None = None
     if not cfg.redis.url:
@@ -71,4 +65,4 @@ def start_ray(cfg: TrainConfig, out: Path) -> Placement:
         if local is not None:
             local.stop()
         raise
-    return Placement(bool(address), host, cfg.redis.url or local.url, local)  # type: ignore[union-attr]
+    return Placement(bool(address), cfg.redis.url or local.url, local)  # type: ignore[union-attr]

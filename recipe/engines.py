@@ -67,7 +67,8 @@ class Engines:
         for p in prompts:
             p["group_id"] = new_group_id()
             self.issued[i][p["group_id"]] = p
-        return self.actors[i].submit.remote(again + prompts), time.monotonic()
+        since = time.monotonic()  # before the call: a recovery after this is one the call saw
+        return self.actors[i].submit.remote(again + prompts), since
 
     def settle(self, i: int, ref: Any, since: float) -> None:
         """Wait for a call made to engine i at `since`; a dead engine is recovered instead."""
@@ -101,8 +102,7 @@ class Engines:
                     time.sleep(1)
             if self.latest is not None:
                 ray.get(self.actors[i].update_weights.remote(self.latest))
-            ids = list(self.issued[i])
-            written = self.client.smismember(self.audit, ids) if ids else []
+            ids, written = self._written(i)
             lost = [self.issued[i][gid] for gid, w in zip(ids, written) if not w]
             self.restarts += 1
             self.reissued += len(lost)
@@ -148,11 +148,12 @@ class Engines:
 
     def written(self) -> list[int]:
         """Groups each engine wrote this stage, by id (across its restarts)."""
-        counts = []
-        for issued in self.issued:
-            ids = list(issued)
-            counts.append(sum(self.client.smismember(self.audit, ids)) if ids else 0)
-        return counts
+        return [sum(self._written(i)[1]) for i in range(len(self.actors))]
+
+    def _written(self, i: int) -> tuple[list[str], list[int]]:
+        """The ids issued to engine i, and whether each group is in the audit set (was written)."""
+        ids = list(self.issued[i])
+        return ids, (self.client.smismember(self.audit, ids) if ids else [])
 
     def greedy(self, prompts: list[str], max_tokens: int) -> tuple[int, list[str]]:
         """(oldest engine version, one greedy text per prompt), the prompts spread over the engines."""
