@@ -47,6 +47,11 @@ class RolloutActor:
         now; http: pulled from record.url), buffered; returns (version, load seconds)."""
         return load_version(self._engine, self._receiver, record)
 
+    def pull_weights(self, record: WeightVersion) -> tuple[int, float]:
+        """Load `record` from the learner's store over HTTP whatever the transport: how a restarted
+        engine catches up before it rejoins the broadcast group."""
+        return load_version(self._engine, HttpReceiver(), record)
+
     def greedy(self, prompts: list[str], max_tokens: int) -> tuple[int, list[str]]:
         """One greedy response per prompt at the engine's current weights: (version, texts)."""
         futures = [self._engine.submit(self._engine.encode(p), 1, Sampling(temperature=0.0, max_tokens=max_tokens))

@@ -36,8 +36,12 @@ class TrainerActor:
         lc = self.session.cfg.learner
         return lc.broadcast_host, self.session.server.base_url, lc.broadcast_port
 
-    def join_broadcast(self, world_size: int) -> None:
-        self.session.join_broadcast(world_size)
+    def join_broadcast(self, world_size: int, port: int | None = None) -> None:
+        self.session.join_broadcast(world_size, port)
+
+    def fresh_port(self) -> int:
+        """A free port on the learner's broadcast host, to re-form the weight group on."""
+        return free_port(self.session.cfg.learner.broadcast_host)
 
     def ingest(self, block_ms: int = 200) -> int:
         return self.session.ingest(block_ms)

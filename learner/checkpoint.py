@@ -2,10 +2,11 @@
 optimizer, scheduler, RNG states, the policy version and the batcher (buffered/carried pieces,
 counters, and the ids of every group already ingested).
 
-A learner of K > 1 ranks (learner/distributed.py) writes the same folder: the safetensors hold the
-full weights gathered from the shards (rank 0 writes them), and the AdamW state stays sharded in
-`optimizer/`, one file per rank (torch.distributed.checkpoint); every rank takes part in a save
-and in a load. Such a checkpoint resumes exactly at the same K.
+The AdamW state is in `optimizer/` (torch.distributed.checkpoint), one file per learner rank: a
+learner of K > 1 ranks (learner/distributed.py) keeps it sharded, and its safetensors hold the full
+weights gathered from the shards (rank 0 writes them); every rank takes part in a save and in a
+load. DCP stores each tensor's global shape and each shard's offsets, so a checkpoint written by K
+ranks resumes at any K (1 included): a rank reads the region of each state its shard now covers.
 
 Exactly-once with the stream: the loop acks scored entries only after a checkpoint that contains
 them (trained, or buffered in the batcher state) is on disk. A crash before that leaves them
@@ -38,7 +39,7 @@ from protocol.config.learner import LearnerConfig
 STATE_FILE = "trainer_state.pt"
 PREFIX = "step-"
 OPTIMIZER_DIR = "optimizer"
-"""The sharded AdamW state of a learner of several ranks."""
+"""The AdamW state, one file per rank."""
 
 
 def save_hf(learner: Learner, out: Path) -> None:
@@ -68,14 +69,13 @@ def save_checkpoint(learner: Learner, root: str | Path, keep: int | None = None)
         tmp.mkdir(parents=True)
     if learner.world_size > 1:
         dist.barrier()  # the folder exists before any rank writes into it
-        save_sharded_optimizer(learner.model, learner.optimizer, tmp / OPTIMIZER_DIR)
+    save_sharded_optimizer(learner.model, learner.optimizer, tmp / OPTIMIZER_DIR)
     save_hf(learner, tmp)
     if learner.rank != 0:
         return final
     state: dict[str, Any] = {
         "version": learner.version,
         "ranks": learner.world_size,
-        **({"optimizer": learner.optimizer.state_dict()} if learner.world_size == 1 else {}),
         "scheduler": learner.scheduler.state_dict(),
         "batcher": learner.batcher.state_dict(),
         "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
@@ -106,17 +106,15 @@ def latest_checkpoint(root: str | Path) -> Path | None:
 def load_checkpoint(cfg: LearnerConfig, path: str | Path) -> Learner:
     """A learner in exactly the state `save_checkpoint` saw (config: the caller's, not the saved one).
 
-    With several ranks every rank calls it on the same folder."""
+    With several ranks every rank calls it on the same folder, which any number of ranks wrote."""
     path = Path(path)
     learner = Learner(cfg, str(path))
     state = torch.load(path / STATE_FILE, weights_only=False)
-    saved_ranks = state.get("ranks", 1)
-    if (saved_ranks == 1) != (learner.world_size == 1):
-        raise ValueError(f"{path}: written by {saved_ranks} learner rank(s), resumed by {learner.world_size}; "
-                         "a sharded and an unsharded optimizer state do not convert (resume with "
-                         f"learner.ranks: {saved_ranks})")
     learner.version = state["version"]
-    if learner.world_size == 1:
+    if "optimizer" in state:  # one rank, before the AdamW state moved to optimizer/
+        if learner.world_size > 1:
+            raise ValueError(f"{path}: its optimizer state predates sharded checkpoints; resume it with "
+                             "learner.ranks: 1")
         learner.optimizer.load_state_dict(state["optimizer"])
     else:
         load_sharded_optimizer(learner.model, learner.optimizer, path / OPTIMIZER_DIR)

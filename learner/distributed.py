@@ -25,12 +25,14 @@ Design
   gathered from the shards and written by rank 0; `optimizer/` holds the sharded AdamW state, one
   file per rank plus metadata (torch.distributed.checkpoint); `trainer_state.pt` (rank 0) holds the
   scheduler, version, RNG and batcher. Every rank reads the same folder to resume, so the folder
-  must be on storage all ranks share.
+  must be on storage all ranks share; the number of ranks may change between save and resume.
 """
 
 from __future__ import annotations
 
 import contextlib
+import warnings
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Protocol
@@ -125,17 +127,30 @@ def full_model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
+@contextlib.contextmanager
+def _single_process_quiet() -> Iterator[None]:
+    """DCP warns at every call made without a process group; for a one-rank learner that is the intent."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled", category=UserWarning)
+        yield
+
+
 def save_sharded_optimizer(model: torch.nn.Module, optimizer: torch.optim.Optimizer, path: Path) -> None:
-    """Each rank writes its AdamW shards under `path` (rank 0 adds the metadata). Collective; when it
-    returns on rank 0 every rank's files are written."""
-    dcp.save({"optimizer": get_optimizer_state_dict(model, optimizer)}, checkpoint_id=path)
+    """Each rank writes its AdamW shards under `path` (rank 0 adds the metadata); one rank without a
+    process group writes it whole. Collective; when it returns on rank 0 every rank's files are
+    written."""
+    with _single_process_quiet():
+        dcp.save({"optimizer": get_optimizer_state_dict(model, optimizer)}, checkpoint_id=path,
+                 no_dist=not dist.is_initialized())
 
 
 def load_sharded_optimizer(model: torch.nn.Module, optimizer: torch.optim.Optimizer, path: Path) -> None:
-    """Read this rank's AdamW shards from `path` into the optimizer. Collective."""
+    """Read this rank's AdamW shards from `path` into the optimizer, whatever number of ranks wrote
+    them. Collective."""
     # the template's (zero-initialised) DTensors say which shard each rank reads; load fills them
     state = {"optimizer": get_optimizer_state_dict(model, optimizer)}
-    dcp.load(state, checkpoint_id=path)
+    with _single_process_quiet():
+        dcp.load(state, checkpoint_id=path, no_dist=not dist.is_initialized())
     set_optimizer_state_dict(model, optimizer, state["optimizer"])
 
 

@@ -126,15 +126,18 @@ class LearnerSession:
         self._write_state()
 
     # ---- weights ------------------------------------------------------------------------
-    def join_broadcast(self, world_size: int) -> None:
-        """Host the weight-broadcast group (learner is rank 0); blocks until every engine joined."""
+    def join_broadcast(self, world_size: int, port: int | None = None) -> None:
+        """Host the weight-broadcast group (learner is rank 0) on `port` (default
+        `learner.broadcast_port`); blocks until every engine joined. A group hosted before is
+        dropped: this is how the group is re-formed after an engine was replaced."""
         lc = self.cfg.learner
         if lc.weight_transport != "broadcast":
             raise ValueError(f"learner.weight_transport: {lc.weight_transport} has no group to host")
         if world_size < 2:
             raise ValueError(f"learner.broadcast_world_size: {world_size}; the broadcast group holds the "
                              "learner and at least one engine (>= 2)")
-        group = create_group(lc.broadcast_host, lc.broadcast_port, 0, world_size, lc.broadcast_backend)
+        self.publisher.senders = [s for s in self.publisher.senders if not isinstance(s, BroadcastSender)]
+        group = create_group(lc.broadcast_host, port or lc.broadcast_port, 0, world_size, lc.broadcast_backend)
         self.publisher.senders.append(BroadcastSender(group))
 
     def publish(self) -> WeightVersion:

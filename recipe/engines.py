@@ -2,14 +2,17 @@
 
 Every prompt is issued with a group id chosen here, and each engine writes the ids of the groups it
 streams into the run's audit set in the same transaction as the group (`redis.audit`). When an
-engine dies, Ray restarts it (`cluster.max_engine_restarts`; HTTP weight transport only — a restarted
-engine cannot rejoin a collective group whose world is fixed, so with `broadcast` a dead engine fails
-the stage, which `ringrl train --resume` can then take up); the restarted engine loads the newest
-published version, and exactly the prompts it had been issued whose groups are not in the audit set
-are issued to it again, under the same ids, with the next prompts it is sent. So a lost group is
-generated once more and never trained twice (the learner drops a repeated id), and the accounting
-counts it: `groups_reissued`. Whoever notices a death first (a feeder, or the step waiting for a weight
-update) recovers the engine; a call made before that recovery that fails later finds it done.
+engine dies, Ray restarts it (`cluster.max_engine_restarts`); the restarted engine pulls the newest
+published version from the learner's store over HTTP (whatever the transport), and exactly the
+prompts it had been issued whose groups are not in the audit set are issued to it again, under the
+same ids, with the next prompts it is sent. So a lost group is generated once more and never
+trained twice (the learner drops a repeated id), and the accounting counts it: `groups_reissued`.
+Whoever notices a death first (a feeder, the step waiting for a weight update, or a broadcast that
+failed) recovers the engine; a call made before that recovery that fails later finds it done.
+
+With the `broadcast` transport the group's world is fixed, so a replaced engine cannot just join
+it: a recovery marks the group for re-forming (`regroup`), and the stage has the learner host a new
+group, on a fresh port, that every engine joins before the next version is sent.
 """
 
 from __future__ import annotations
@@ -43,11 +46,12 @@ class Engines:
         cj = rc.model_dump_json()
         self.actors = [RolloutActor.options(num_cpus=cl.engine_cpus, num_gpus=cl.engine_gpus,
                                             resources=cl.engine_resources,
-                                            max_restarts=0 if self.broadcast else cl.max_engine_restarts,
+                                            max_restarts=cl.max_engine_restarts,
                                             ).remote(cj, model_path, version)
                        for _ in range(cl.engines)]
         self.issued: list[dict[str, dict[str, Any]]] = [{} for _ in self.actors]  # group id -> prompt
-        self.latest: WeightVersion | None = None  # what a restarted engine must load (http pull)
+        self.latest: WeightVersion | None = None  # the newest published record: a restarted engine pulls it
+        self.regroup = False  # broadcast: an engine was replaced, the weight group must be re-formed
         self.restarts = 0
         self.reissued = 0
         self._lock = threading.Lock()  # one recovery at a time, whoever noticed the death
@@ -83,10 +87,6 @@ class Engines:
         with self._lock:
             if self._recovered_at[i] > since:
                 return
-            if self.broadcast:
-                raise EngineLost(f"rollout engine {i} died ({type(cause).__name__}); with "
-                                 "learner.weight_transport: broadcast it cannot rejoin the weight group: "
-                                 "resume the run (ringrl train --resume) or use weight_transport: http") from cause
             deadline = time.monotonic() + RESTART_TIMEOUT_S
             while True:
                 try:
@@ -101,7 +101,8 @@ class Engines:
                                          f"{RESTART_TIMEOUT_S:.0f} s") from cause
                     time.sleep(1)
             if self.latest is not None:
-                ray.get(self.actors[i].update_weights.remote(self.latest))
+                ray.get(self.actors[i].pull_weights.remote(self.latest))
+            self.regroup = self.regroup or self.broadcast
             ids, written = self._written(i)
             lost = [self.issued[i][gid] for gid, w in zip(ids, written) if not w]
             self.restarts += 1
@@ -111,11 +112,26 @@ class Engines:
 
     # ---- weights ------------------------------------------------------------------------------
     def update(self, record: WeightVersion) -> list[Any]:
-        """Start every engine loading `record`; their refs (broadcast: receiving while the learner sends)."""
+        """Start every engine loading `record`; their refs (broadcast: receiving while the learner
+        sends, and the record it sends is only known to the caller once it is sent: `published`)."""
         if not self.broadcast:
             self.latest = record
         self._update_t = time.monotonic()
         return [e.update_weights.remote(record) for e in self.actors]
+
+    def published(self, record: WeightVersion) -> None:
+        """The learner sent `record` (it is in its store): what a restarted engine is to pull."""
+        self.latest = record
+
+    def recover_dead(self, cause: BaseException, since: float) -> bool:
+        """After a failed broadcast: recover every engine that died (by asking each); whether the
+        group must now be re-formed (False: no member died, the failure is something else)."""
+        for i, e in enumerate(self.actors):
+            try:
+                ray.get(e.version.remote(), timeout=60)
+            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as exc:
+                self.recover(i, exc, since)
+        return self.regroup
 
     def wait(self, refs: list[Any], since: float | None = None) -> None:
         """Wait for one call per engine (made at `since`, default: the last update's time)."""

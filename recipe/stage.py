@@ -93,10 +93,8 @@ class StageRunner:
         self._reward_runs = [r.run.remote() for r in self.rewards]
         lc = self.rc.learner
         self.broadcast = lc.weight_transport == "broadcast"
-        if self.broadcast:  # the learner is rank 0, engine i rank i + 1
-            ray.get([self.trainer.join_broadcast.remote(lc.broadcast_world_size),
-                     *(e.join_weight_group.remote(host, port, i + 1, lc.broadcast_world_size)
-                       for i, e in enumerate(self.engines.actors))])
+        if self.broadcast:
+            self._form_group(port)
         self._stop = threading.Event()
         self._feeders: list[threading.Thread] = []
         self._feed_error: EngineLost | None = None
@@ -206,18 +204,38 @@ class StageRunner:
         return {**metrics, "step_wall_s": time.monotonic() - t, "train_call_s": train_s,
                 "publish_s": publish_s, "filtered_share": new_filtered / new_in if new_in else 0.0}
 
+    def _form_group(self, port: int) -> None:
+        """The learner hosts the weight group on `port` (rank 0) and engine i joins it as rank i + 1."""
+        lc = self.rc.learner
+        ray.get([self.trainer.join_broadcast.remote(lc.broadcast_world_size, port),
+                 *(e.join_weight_group.remote(lc.broadcast_host, port, i + 1, lc.broadcast_world_size)
+                   for i, e in enumerate(self.engines.actors))])
+        self.engines.regroup = False
+
     def _send_weights(self, version: int) -> float:
         """Publish the learner's weights (`version`) and start every engine loading them; the
         seconds publishing took."""
         self._wait_updates()  # the previous version must be loaded before the next is sent
-        publish = self.trainer.publish.remote()
-        if self.broadcast:  # a collective: every engine must be receiving while the learner sends
-            self._updates = self.engines.update(WeightVersion(version=version))
-            _, publish_s = ray.get(publish)
-        else:  # the engines pull what the learner has stored
-            record, publish_s = ray.get(publish)
+        if not self.broadcast:  # the engines pull what the learner has stored
+            record, publish_s = ray.get(self.trainer.publish.remote())
             self._updates = self.engines.update(record)
-        return publish_s
+            return publish_s
+        while True:  # a collective: every engine must be receiving while the learner sends
+            if self.engines.regroup:  # an engine was replaced: a new group, on a fresh port
+                self._form_group(ray.get(self.trainer.fresh_port.remote()))
+            since = time.monotonic()
+            publish = self.trainer.publish.remote()
+            self._updates = self.engines.update(WeightVersion(version=version))
+            try:
+                record, publish_s = ray.get(publish)
+            except ray.exceptions.RayTaskError as exc:
+                # A member died while the learner sent: recover it, re-form the group, send again
+                # (the survivors' calls on the broken group are dropped, they receive the retry).
+                if not self.engines.recover_dead(exc, since):
+                    raise
+                continue
+            self.engines.published(record)
+            return publish_s
 
     def greedy_accuracy(self, items: list[TaskItem], scorer: Scorer) -> tuple[int, float]:
         """(engine version, greedy accuracy on `items`) once the newest published version is loaded,

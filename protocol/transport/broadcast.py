@@ -135,15 +135,19 @@ class BroadcastReceiver:
 
     def __init__(self) -> None:
         self.group: WeightGroup | None = None
+        self._at: tuple[str, int, int, int] | None = None  # (host, port, rank, world) of `group`
         self._lock = threading.Lock()
 
     def join(self, host: str, port: int, rank: int, world_size: int, backend: str = "gloo",
              timeout_s: float = 300.0, connect_timeout_s: float | None = None) -> WeightGroup:
+        """Join the group at host:port; a call naming the group already joined keeps it, any other
+        replaces it (the learner re-forms the group when a member is replaced)."""
         with self._lock:
-            if self.group is None or (self.group.rank, self.group.world_size) != (rank, world_size):
+            if self.group is None or self._at != (host, port, rank, world_size):
                 if rank <= 0:
                     raise WeightError("rank: engines join as rank >= 1 (rank 0 is the learner)")
                 self.group = create_group(host, port, rank, world_size, backend, timeout_s, connect_timeout_s)
+                self._at = (host, port, rank, world_size)
             return self.group
 
     def receive(self, record: WeightVersion, buffer: bool = True) -> Received:

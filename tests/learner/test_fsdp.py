@@ -1,6 +1,7 @@
 """FSDP2 learner ranks (real gloo process groups in spawned processes): two sharded ranks make the
-one-rank update, hold half the state each, checkpoint and resume exactly, publish the full weights;
-a dead peer fails a step within the collective timeout."""
+one-rank update, hold half the state each, checkpoint and resume exactly (at two ranks, and across
+a change of rank count both ways), publish the full weights; a dead peer fails a step within the
+collective timeout."""
 
 from __future__ import annotations
 
@@ -46,17 +47,26 @@ def _published(learner: Learner) -> dict[str, np.ndarray]:
     return {n: t.numpy() for n, t in named_weights(learner.model).items()}
 
 
-def _one_rank(model: str) -> dict[str, Any]:
+def _one_rank(model: str, ckpt: str) -> dict[str, Any]:
     learner = Learner(CFG, model)
     learner.add_groups(_groups())
     metrics, params = [], []
-    for _ in range(STEPS):
+    out: dict[str, Any] = {}
+    for s in range(STEPS):
         metrics += learner.train_ready(max_steps=1)
         params.append(_params(learner))
-    return {"metrics": metrics, "params": params, "published": _published(learner)}
+        if s == 0:
+            out["ckpt"] = str(save_checkpoint(learner, ckpt))
+    return {**out, "metrics": metrics, "params": params, "published": _published(learner)}
 
 
-def _rank(rank: int, port: int, model: str, ckpt: str, q: Any) -> None:
+def _resume(ckpt: str) -> dict[str, Any]:
+    """The steps after the checkpoint (taken after step 1), resumed from it at this process's rank count."""
+    resumed = load_checkpoint(CFG, ckpt)
+    return {"metrics": [resumed.train_ready(max_steps=1)[0] for _ in range(STEPS - 1)], "params": _params(resumed)}
+
+
+def _rank(rank: int, port: int, model: str, ckpt: str, one_ckpt: str, q: Any) -> None:
     torch.set_num_threads(1)
     init_ranks(CFG, rank, 2, f"127.0.0.1:{port}")
     try:
@@ -74,10 +84,10 @@ def _rank(rank: int, port: int, model: str, ckpt: str, q: Any) -> None:
         out["adam_numel"] = (sum(local_numel(st["exp_avg"]) + local_numel(st["exp_avg_sq"]) for st in states),
                              2 * out["param_numel"][1])
         out["published"] = _published(learner)
-        # resume from the checkpoint after step 1: the next steps must be the uninterrupted ones
-        resumed = load_checkpoint(CFG, out["ckpt"])
-        out["resumed"] = [resumed.train_ready(max_steps=1)[0] for _ in range(STEPS - 1)]
-        out["resumed_params"] = _params(resumed)
+        # resume from the checkpoint after step 1: the next steps must be the uninterrupted ones,
+        # from this run's two-rank checkpoint and from the one-rank run's
+        out["resumed"] = _resume(out["ckpt"])
+        out["from_one"] = _resume(one_ckpt)
         if rank != 0:
             out = {k: out[k] for k in ("rank", "param_numel", "adam_numel", "metrics")}
         q.put(out)
@@ -87,16 +97,16 @@ def _rank(rank: int, port: int, model: str, ckpt: str, q: Any) -> None:
 
 @pytest.fixture(scope="module")
 def runs(moe_path: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """One uninterrupted run of one rank and one of two FSDP ranks (which also checkpoints after
-    step 1 and resumes from it), on the same groups."""
+    """One uninterrupted run of one rank and one of two FSDP ranks, on the same groups; each
+    checkpoints after step 1, and each resumes from both checkpoints."""
     ctx = mp.get_context("spawn")
     port, q = free_port(), ctx.Queue()
-    ckpt = tmp_path_factory.mktemp("fsdp-ckpt")
+    ckpt, one_ckpt = tmp_path_factory.mktemp("fsdp-ckpt"), tmp_path_factory.mktemp("one-rank-ckpt")
+    one = _one_rank(str(moe_path), str(one_ckpt))
     os.environ["OMP_NUM_THREADS"] = "1"  # inherited by the spawned ranks before torch loads
-    procs = [ctx.Process(target=_rank, args=(r, port, str(moe_path), str(ckpt), q)) for r in (0, 1)]
+    procs = [ctx.Process(target=_rank, args=(r, port, str(moe_path), str(ckpt), one["ckpt"], q)) for r in (0, 1)]
     for p in procs:
         p.start()
-    one = _one_rank(str(moe_path))
     two = {}
     for _ in procs:
         out = q.get(timeout=600)
@@ -104,6 +114,7 @@ def runs(moe_path: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, 
     for p in procs:
         p.join(60)
         assert p.exitcode == 0
+    one["from_two"] = _resume(two[0]["ckpt"])
     return {"one": one, "two": two}
 
 
@@ -147,10 +158,23 @@ def test_parameters_and_adam_state_are_sharded(runs: dict[str, Any]) -> None:
 @pytest.mark.slow
 def test_resume_at_two_ranks_continues_exactly(runs: dict[str, Any]) -> None:
     two = runs["two"][0]
-    for s, m in enumerate(two["resumed"]):
+    for s, m in enumerate(two["resumed"]["metrics"]):
         _same_metrics(m, two["metrics"][s + 1])
         assert m["step"] == s + 2
-    _close(two["resumed_params"], two["params"][-1])
+    _close(two["resumed"]["params"], two["params"][-1])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("written,resumed", [("one", "two"), ("two", "one")])
+def test_resume_with_another_rank_count_continues_exactly(runs: dict[str, Any], written: str, resumed: str) -> None:
+    """A checkpoint of one rank resumed by two sharded ranks, and one of two ranks by one: the
+    AdamW state is re-cut to the new shards, and the steps after it are the uninterrupted ones."""
+    uninterrupted = runs["one"]
+    got = runs["two"][0]["from_one"] if written == "one" else runs["one"]["from_two"]
+    for s, m in enumerate(got["metrics"]):
+        _same_metrics(m, uninterrupted["metrics"][s + 1])
+        assert m["step"] == s + 2
+    _close(got["params"], uninterrupted["params"][-1])
 
 
 @pytest.mark.slow

@@ -1,12 +1,13 @@
 """`ringrl train --resume RUN_DIR`: a run SIGKILLed inside its second stage (driver, Ray, Redis and
 every actor at once) keeps its finished first stage, goes on from the second stage's newest learner
-checkpoint and ends with every step trained once, in order, and an accounting that balances."""
+checkpoint and ends with every step trained once, in order, and an accounting that balances — here
+on another shape than it was killed in (one engine and one learner rank, resumed with two of each:
+the AdamW state of the one rank is re-cut into two shards)."""
 
 from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import time
 from pathlib import Path
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from bench.resume import kill_session
 from tests.recipe.conftest import BIN
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
@@ -42,19 +44,6 @@ def rows(run: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
 
 
-def kill_session(sid: int, run: Path) -> None:
-    """SIGKILL the driver's whole session (Ray's processes and workers) and the run's Redis."""
-    for _ in range(3):  # a worker forked while the first sweep ran is caught by the next
-        for pid in (int(p) for p in os.listdir("/proc") if p.isdigit()):
-            try:
-                mine = os.getsid(pid) == sid or str(run) in Path(f"/proc/{pid}/cmdline").read_text()
-                if mine:
-                    os.kill(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError, FileNotFoundError):
-                pass
-        time.sleep(0.5)
-
-
 def test_run_killed_in_its_second_stage_resumes_there(start_checkpoint: str, tmp_path: Path) -> None:
     cfg = config(tmp_path, start_checkpoint)
     run = tmp_path / "runs" / "resumed"
@@ -74,6 +63,10 @@ def test_run_killed_in_its_second_stage_resumes_there(start_checkpoint: str, tmp
     assert (run / "stages" / "sums" / "accounting.yaml").exists()  # the first stage finished
     assert not (run / "stages" / "legs" / "accounting.yaml").exists()  # the second did not
     sums = (run / "stages" / "sums" / "accounting.yaml").read_text()
+    saved = yaml.safe_load((run / "config.yaml").read_text())  # what --resume reads: the shape may change
+    saved["learner"].update(ranks=2, rank_num_cpus=0.5)
+    saved["cluster"].update(engines=2, engine_cpus=0.5)
+    (run / "config.yaml").write_text(yaml.safe_dump(saved))
 
     r = subprocess.run([str(BIN / "ringrl"), "train", "--resume", str(run)], capture_output=True, text=True,
                        timeout=900, env=env)
@@ -90,7 +83,10 @@ def test_run_killed_in_its_second_stage_resumes_there(start_checkpoint: str, tmp
         a = yaml.safe_load((run / "stages" / name / "accounting.yaml").read_text())
         assert a["steps"] == STEPS[name]
         assert a["generated_groups"] == a["groups_in"] + a["groups_duplicate"], a
-    assert yaml.safe_load((run / "stages" / "legs" / "accounting.yaml").read_text())["groups_before_resume"] > 0
+    legs = yaml.safe_load((run / "stages" / "legs" / "accounting.yaml").read_text())
+    assert legs["groups_before_resume"] > 0
+    assert legs["generated_groups_engine0"] > 0 and legs["generated_groups_engine1"] > 0, legs
+    assert (sorted((run / "stages" / "legs" / "checkpoints").glob("step-*"))[-1] / "optimizer" / ".metadata").is_file()
     summary = json.loads((run / "summary.json").read_text())
     assert [s["stage"] for s in summary] == ["sums", "legs"]
     assert (run / "plots" / "reward.png").is_file()
