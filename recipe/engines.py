@@ -109,6 +109,8 @@ class Engines:
             self.reissued += len(lost)
             self._again[i] = lost  # not submitted here: a full queue would block every recovery
             self._recovered_at[i] = time.monotonic()
+            print(f"rollout engine {i} died ({type(cause).__name__}): restarted by Ray, at version "
+                  f"{self.latest.version if self.latest else 'start'}; {len(lost)} prompts issued again")
 
     # ---- weights ------------------------------------------------------------------------------
     def update(self, record: WeightVersion) -> list[Any]:

@@ -207,10 +207,10 @@ class StageRunner:
     def _form_group(self, port: int) -> None:
         """The learner hosts the weight group on `port` (rank 0) and engine i joins it as rank i + 1."""
         lc = self.rc.learner
+        self.engines.regroup = False  # before: a death noticed while the group forms asks again
         ray.get([self.trainer.join_broadcast.remote(lc.broadcast_world_size, port),
                  *(e.join_weight_group.remote(lc.broadcast_host, port, i + 1, lc.broadcast_world_size)
                    for i, e in enumerate(self.engines.actors))])
-        self.engines.regroup = False
 
     def _send_weights(self, version: int) -> float:
         """Publish the learner's weights (`version`) and start every engine loading them; the
@@ -221,18 +221,24 @@ class StageRunner:
             self._updates = self.engines.update(record)
             return publish_s
         while True:  # a collective: every engine must be receiving while the learner sends
-            if self.engines.regroup:  # an engine was replaced: a new group, on a fresh port
-                self._form_group(ray.get(self.trainer.fresh_port.remote()))
             since = time.monotonic()
-            publish = self.trainer.publish.remote()
-            self._updates = self.engines.update(WeightVersion(version=version))
             try:
+                if self.engines.regroup:  # an engine was replaced: a new group, on a fresh port
+                    port = ray.get(self.trainer.fresh_port.remote())
+                    self._form_group(port)
+                    print(f"weight group re-formed on port {port} with the restarted engine")
+                publish = self.trainer.publish.remote()
+                self._updates = self.engines.update(WeightVersion(version=version))
                 record, publish_s = ray.get(publish)
-            except ray.exceptions.RayTaskError as exc:
-                # A member died while the learner sent: recover it, re-form the group, send again
-                # (the survivors' calls on the broken group are dropped, they receive the retry).
+            except (ray.exceptions.RayTaskError, ray.exceptions.RayActorError) as exc:
+                # A member died while the group formed or the learner sent: recover it, re-form
+                # the group, send again (the survivors' calls on the broken group are dropped;
+                # they receive the version sent again). Restarts are bounded: recover raises
+                # EngineLost once they are used up.
                 if not self.engines.recover_dead(exc, since):
                     raise
+                print(f"weight broadcast of version {version} broke ({type(exc).__name__}): a member died; "
+                      "sending it again")
                 continue
             self.engines.published(record)
             return publish_s

@@ -98,6 +98,9 @@ def test_two_engines_and_an_engine_killed_midway(start_checkpoint: str, tmp_path
     assert placement == {"learner": "127.0.0.1", "engines": [placement["engines"][0]] * 2}
     a = yaml.safe_load((run / "stages" / "math" / "accounting.yaml").read_text())
     assert a["engine_restarts"] == 1 and a["groups_reissued"] >= 0, a
+    assert "rollout engine" in out and "restarted by Ray" in out
+    if transport == "broadcast":
+        assert "weight group re-formed" in out
     if ranks > 1:
         ckpts = sorted((run / "stages" / "math" / "checkpoints").glob("step-*"))
         assert ckpts and (ckpts[-1] / "optimizer").is_dir()  # AdamW state saved sharded, per rank
