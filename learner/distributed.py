@@ -21,6 +21,8 @@ Design
   its last backward. Clipping takes the global norm over the DTensor gradient shards.
 - Every collective runs under the process group's timeout (`collective_timeout_s`): a dead or
   stuck peer raises instead of hanging the step.
+- Loading: rank 0 alone reads the weights; the other ranks build the model on the meta device,
+  and every rank receives only its shards from rank 0 (`load_sharded`).
 - Checkpoints (learner/checkpoint.py): the Hugging Face safetensors folder holds the full weights,
   gathered from the shards and written by rank 0; `optimizer/` holds the sharded AdamW state, one
   file per rank plus metadata (torch.distributed.checkpoint); `trainer_state.pt` (rank 0) holds the
@@ -44,6 +46,7 @@ from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
     get_optimizer_state_dict,
+    set_model_state_dict,
     set_optimizer_state_dict,
 )
 from torch.distributed.device_mesh import init_device_mesh
@@ -88,6 +91,23 @@ def shard_model(model: torch.nn.Module, device: torch.device) -> None:
             m.set_gradient_divide_factor(1.0)
             m.set_force_sum_reduction_for_comms(True)
             m.set_reduce_scatter_unused_params(True, recurse=False)
+
+
+def load_sharded(full: torch.nn.Module | None, meta: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """`meta` (the model's structure on the meta device, on every rank) sharded, each rank's shards
+    filled from `full`, the model rank 0 alone has read (None on the others): no other rank ever
+    holds the whole model. Collective."""
+    shard_model(meta, device)
+    meta.to_empty(device=device)
+    set_model_state_dict(meta, full.state_dict() if full is not None else {},
+                         options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+    # buffers outside the state dict (rotary frequencies) are computed at init, which meta skipped
+    computed = dict(full.named_buffers()) if full is not None else {}
+    for name, buf in meta.named_buffers():
+        if full is not None:
+            buf.copy_(computed[name])
+        dist.broadcast(buf, src=0)
+    return meta
 
 
 def full_tensor(t: torch.Tensor) -> torch.Tensor:

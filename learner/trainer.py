@@ -28,8 +28,8 @@ from learner.batcher import Batcher, Step
 from learner.distributed import (
     clip_grad_norm,
     gradient_sync,
+    load_sharded,
     resolve_device,
-    shard_model,
     zero_pass,
 )
 from learner.objective import SUMS, ObjectiveConfig, ObjectiveInputs, objective
@@ -46,11 +46,16 @@ def moe_shape(config: Any) -> tuple[int, int] | None:
     return (int(n), int(k)) if n and k else None
 
 
-def load_model(path: str, trust_remote_code: bool = False) -> torch.nn.Module:
+def load_model(path: str, trust_remote_code: bool = False, meta: bool = False) -> torch.nn.Module:
+    """The model at `path`; with `meta`, its structure only (no memory, no weights read)."""
     # fp32 master weights whatever the file holds; bf16 compute is autocast (see LearnerConfig.dtype)
     config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     # eager experts: fastest on CPU (STACK-NOTES) and the only kernel that also runs float64
     kw = {"experts_implementation": "eager"} if moe_shape(config) else {}
+    if meta:
+        with torch.device("meta"):
+            return AutoModelForCausalLM.from_config(config, dtype=torch.float32,
+                                                    trust_remote_code=trust_remote_code, **kw)
     return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32,
                                                 trust_remote_code=trust_remote_code, **kw)
 
@@ -69,11 +74,13 @@ class Learner:
         self.cfg = cfg
         torch.manual_seed(cfg.seed)
         self.device = resolve_device(cfg)
-        self.model = load_model(model_path, cfg.trust_remote_code).to(self.device)
-        self.model.train()
         self.rank, self.world_size = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
         if self.world_size > 1:  # before the optimizer: AdamW state is built over the shards
-            shard_model(self.model, self.device)
+            full = load_model(model_path, cfg.trust_remote_code) if self.rank == 0 else None
+            self.model = load_sharded(full, load_model(model_path, cfg.trust_remote_code, meta=True), self.device)
+        else:
+            self.model = load_model(model_path, cfg.trust_remote_code).to(self.device)
+        self.model.train()
         self.tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=cfg.trust_remote_code)
         self.moe = moe_shape(self.model.config)
         self.router_replay = RouterReplay(self.model) if self.moe else None
