@@ -33,6 +33,11 @@ from protocol.config.train import DEFAULT_CONFIG, TrainConfig
 BIN = Path(sys.executable).parent
 
 
+def local_env() -> dict[str, str]:
+    """This environment without RAY_ADDRESS: each run starts its own local Ray."""
+    return {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+
+
 def kill_session(sid: int, run: Path) -> None:
     """SIGKILL a driver's whole session (Ray's processes and workers) and the run's Redis."""
     for _ in range(3):  # a worker forked while the first sweep ran is caught by the next
@@ -52,7 +57,7 @@ def metrics(run: Path) -> list[dict]:
 
 def killed_and_resumed(config: Path, run: Path, stage: str, step: int, console: Console) -> float:
     """Run `config`, SIGKILL it once `stage` trained `step` steps, resume it; wall seconds of both."""
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env = local_env()
     t = time.monotonic()
     first = subprocess.Popen([str(BIN / "ringrl"), "train", str(config)], stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL, env=env, start_new_session=True)
@@ -75,7 +80,7 @@ def killed_and_resumed(config: Path, run: Path, stage: str, step: int, console: 
 
 def uninterrupted(config: Path) -> None:
     r = subprocess.run([str(BIN / "ringrl"), "train", str(config)], stdout=subprocess.DEVNULL,
-                       stderr=subprocess.PIPE, text=True, env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"})
+                       stderr=subprocess.PIPE, text=True, env=local_env())
     if r.returncode != 0:
         raise SystemExit(f"error: the uninterrupted run failed: {r.stderr[-2000:]}")
 

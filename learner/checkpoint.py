@@ -75,7 +75,6 @@ def save_checkpoint(learner: Learner, root: str | Path, keep: int | None = None)
         return final
     state: dict[str, Any] = {
         "version": learner.version,
-        "ranks": learner.world_size,
         "scheduler": learner.scheduler.state_dict(),
         "batcher": learner.batcher.state_dict(),
         "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},

@@ -114,15 +114,13 @@ class Engines:
 
     # ---- weights ------------------------------------------------------------------------------
     def update(self, record: WeightVersion) -> list[Any]:
-        """Start every engine loading `record`; their refs (broadcast: receiving while the learner
-        sends, and the record it sends is only known to the caller once it is sent: `published`)."""
-        if not self.broadcast:
-            self.latest = record
+        """Start every engine loading `record`; their refs (broadcast: receiving while the learner sends)."""
         self._update_t = time.monotonic()
         return [e.update_weights.remote(record) for e in self.actors]
 
     def published(self, record: WeightVersion) -> None:
-        """The learner sent `record` (it is in its store): what a restarted engine is to pull."""
+        """The learner published `record` (it is in its store): what a restarted engine is to pull
+        (with broadcast, known only once the send returned)."""
         self.latest = record
 
     def recover_dead(self, cause: BaseException, since: float) -> bool:

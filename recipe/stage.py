@@ -220,6 +220,7 @@ class StageRunner:
         self._wait_updates()  # the previous version must be loaded before the next is sent
         if not self.broadcast:  # the engines pull what the learner has stored
             record, publish_s = ray.get(self.trainer.publish.remote())
+            self.engines.published(record)
             self._updates = self.engines.update(record)
             return publish_s
         while True:  # a collective: every engine must be receiving while the learner sends

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bench.resume import kill_session
+from bench.resume import kill_session, metrics
 from tests.recipe.conftest import BIN
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
@@ -39,11 +39,6 @@ def config(tmp: Path, start: str) -> Path:
     return path
 
 
-def rows(run: Path) -> list[dict]:
-    path = run / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
-
-
 def test_run_killed_in_its_second_stage_resumes_there(start_checkpoint: str, tmp_path: Path) -> None:
     cfg = config(tmp_path, start_checkpoint)
     run = tmp_path / "runs" / "resumed"
@@ -53,7 +48,7 @@ def test_run_killed_in_its_second_stage_resumes_there(start_checkpoint: str, tmp
     try:
         deadline = time.monotonic() + 900
         # past the stage's checkpoint at step 2, with a step after it that the resumed run redoes
-        while not any(r.get("stage") == "legs" and r.get("stage_step", 0) >= 3 and "tokens" in r for r in rows(run)):
+        while not any(r.get("stage") == "legs" and r.get("stage_step", 0) >= 3 and "tokens" in r for r in metrics(run)):
             assert first.poll() is None, first.stderr.read() if first.stderr else ""
             assert time.monotonic() < deadline, "the run made no progress"
             time.sleep(0.2)
@@ -74,7 +69,7 @@ def test_run_killed_in_its_second_stage_resumes_there(start_checkpoint: str, tmp
     assert "resuming stage legs from its newest learner checkpoint" in r.stdout
     assert (run / "stages" / "sums" / "accounting.yaml").read_text() == sums  # kept, not run again
 
-    steps = [x for x in rows(run) if "tokens" in x]
+    steps = [x for x in metrics(run) if "tokens" in x]
     assert [(x["stage"], x["stage_step"]) for x in steps] == \
         [("sums", i) for i in range(1, 3)] + [("legs", i) for i in range(1, 5)]  # each once, in order
     assert [x["step"] for x in steps] == list(range(1, 7))
