@@ -52,12 +52,17 @@ class RolloutActor:
         engine catches up before it rejoins the broadcast group."""
         return load_version(self._engine, HttpReceiver(), record)
 
-    def greedy(self, prompts: list[str], max_tokens: int) -> tuple[int, list[str]]:
-        """One greedy response per prompt at the engine's current weights: (version, texts)."""
-        futures = [self._engine.submit(self._engine.encode(p), 1, Sampling(temperature=0.0, max_tokens=max_tokens))
-                   for p in prompts]
-        texts = [f.result()[0].text for f in futures]
-        return self._engine.version, texts
+    def measure(self, prompts: list[str], max_tokens: int, samples: int,
+                seed: int) -> tuple[int, list[str], list[list[str]]]:
+        """At the engine's current weights: (version, one greedy text per prompt, `samples` texts per
+        prompt at T=1 seeded by `seed`)."""
+        greedy = [self._engine.submit(self._engine.encode(p), 1, Sampling(temperature=0.0, max_tokens=max_tokens))
+                  for p in prompts]
+        sampled = [self._engine.submit(self._engine.encode(p), samples,
+                                       Sampling(temperature=1.0, top_p=1.0, max_tokens=max_tokens, seed=seed))
+                   for p in prompts] if samples else []
+        return (self._engine.version, [f.result()[0].text for f in greedy],
+                [[r.text for r in f.result()] for f in sampled])
 
     def version(self) -> int:
         return self._engine.version

@@ -85,15 +85,15 @@ def held_out(cfg: TrainConfig, path: str, stage: StageConfig, scorer: Scorer) ->
 def run_stage(cfg: TrainConfig, stage: StageConfig, path: str, version: int, step0: int, place: Placement,
               out: Path, log: RunLog, console: Console, scorer: Scorer) -> StageResult:
     items, replay = stage_items(cfg, stage)
-    # A fixed held-out subset, greedy, through the stage's own engine: cheap enough to draw the
-    # stage's learning curve between the full measures before and after it.
+    # A fixed held-out subset through the stage's own engine: cheap enough to draw the stage's
+    # learning curve between the full measures before and after it.
     every = held_out_items(cfg, stage) if cfg.eval_every else []
     curve = every[::max(1, len(every) // cfg.eval_curve_items)][:cfg.eval_curve_items]  # all sources
 
     def measure_curve(step: int, stage_step: int) -> None:
-        version, accuracy = runner.greedy_accuracy(curve, scorer)
-        log.log({"step": step, "stage": stage.name, "stage_step": stage_step, "accuracy_curve": accuracy,
-                 "curve_version": version})
+        version, greedy, sampled = runner.curve_accuracy(curve, scorer, cfg.eval_curve_samples, cfg.run.seed)
+        log.log({"step": step, "stage": stage.name, "stage_step": stage_step, "accuracy_curve": greedy,
+                 **({"accuracy_curve_sampled": sampled} if sampled is not None else {}), "curve_version": version})
 
     mixed = f" (+{stage.replay_share:.0%} replay of {', '.join(stage.replay_sources)})" if replay else ""
     console.rule(f"RL stage {stage.name}: {len(items)} prompts{mixed}, {stage.steps} steps x "

@@ -171,14 +171,20 @@ class Engines:
         ids = list(self.issued[i])
         return ids, (self.client.smismember(self.audit, ids) if ids else [])
 
-    def greedy(self, prompts: list[str], max_tokens: int) -> tuple[int, list[str]]:
-        """(oldest engine version, one greedy text per prompt), the prompts spread over the engines."""
+    def measure(self, prompts: list[str], max_tokens: int, samples: int,
+                seed: int) -> tuple[int, list[str], list[list[str]]]:
+        """(oldest engine version, one greedy text per prompt, `samples` sampled texts per prompt), the
+        prompts spread over the engines."""
         k = len(self.actors)
-        answers = ray.get([e.greedy.remote(prompts[i::k], max_tokens) for i, e in enumerate(self.actors)])
-        texts: list[str] = [""] * len(prompts)
-        for i, (_, part) in enumerate(answers):
-            texts[i::k] = part
-        return min(v for v, _ in answers), texts
+        answers = ray.get([e.measure.remote(prompts[i::k], max_tokens, samples, seed)
+                           for i, e in enumerate(self.actors)])
+        greedy: list[str] = [""] * len(prompts)
+        sampled: list[list[str]] = [[] for _ in prompts] if samples else []
+        for i, (_, g, s) in enumerate(answers):
+            greedy[i::k] = g
+            if samples:
+                sampled[i::k] = s
+        return min(v for v, _, _ in answers), greedy, sampled
 
     def nodes(self) -> list[str]:
         return ray.get([e.node.remote() for e in self.actors])

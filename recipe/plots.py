@@ -18,6 +18,7 @@ PLOTTED: dict[str, str] = {
     "accuracy": "held-out greedy accuracy",
     "accuracy_sampled": "held-out sampled pass@1",
     "accuracy_curve": "held-out greedy accuracy (fixed subset, in-stage)",
+    "accuracy_curve_sampled": "held-out sampled pass@1 (fixed subset, in-stage)",
     "filtered_share": "share of groups filtered (all correct or all wrong)",
     "entropy": "mean token entropy (nats)",
     "grad_norm": "gradient norm",

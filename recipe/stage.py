@@ -246,13 +246,19 @@ class StageRunner:
             self.engines.published(record)
             return publish_s
 
-    def greedy_accuracy(self, items: list[TaskItem], scorer: Scorer) -> tuple[int, float]:
-        """(engine version, greedy accuracy on `items`) once the newest published version is loaded,
-        the items spread over the engines."""
+    def curve_accuracy(self, items: list[TaskItem], scorer: Scorer, samples: int,
+                       seed: int) -> tuple[int, float, float | None]:
+        """(engine version, greedy accuracy, sampled pass@1 over `samples` responses per item or None
+        without samples) on `items` once the newest published version is loaded, spread over the
+        engines. The same seed each time: the curve's points differ by the weights, not the draws."""
         self._wait_updates()
-        version, texts = self.engines.greedy([it.prompt for it in items], self.stage.max_new_tokens)
-        ok = correct(scorer, items, texts)
-        return version, sum(ok) / len(ok)
+        version, greedy, sampled = self.engines.measure([it.prompt for it in items], self.stage.max_new_tokens,
+                                                        samples, seed)
+        ok = correct(scorer, items, greedy)
+        if not samples:
+            return version, sum(ok) / len(ok), None
+        hits = correct(scorer, [it for it in items for _ in range(samples)], [t for texts in sampled for t in texts])
+        return version, sum(ok) / len(ok), sum(hits) / len(hits)
 
     def rollout_stats(self) -> dict[str, int]:
         return self.engines.stats()

@@ -78,12 +78,17 @@ class TrainConfig(RunConfig):
     eval_size: int = Field(default=100, ge=0, description="Held-out items per source for eval after each stage.")
     eval_every: int = Field(
         default=0, ge=0,
-        description="Inside a stage: a greedy held-out measure every this many steps (and at the stage's "
+        description="Inside a stage: a held-out measure every this many steps (and at the stage's "
                     "start and end) on eval_curve_items of its held-out items, spread over its sources, "
-                    "through the stage's engine at its current weights (the `accuracy_curve` plot); 0: "
+                    "through the stage's engine at its current weights (the `accuracy_curve` plots, greedy "
+                    "and sampled); 0: "
                     "only the full measures before and after each stage.")
     eval_curve_items: int = Field(
         default=32, gt=0, description="Held-out items per stage in the in-stage curve (a fixed subset).")
+    eval_curve_samples: int = Field(
+        default=4, ge=0, le=64,
+        description="Sampled responses (T=1, the run's seed) per curve item for the in-stage sampled pass@1 "
+                    "(`accuracy_curve_sampled`), next to the greedy measure; 0: greedy only.")
     eval_samples: int = Field(
         default=4, gt=0, description="Sampled responses (T=1) per held-out item for the sampled pass@1 "
                                      "reported next to greedy accuracy.")

@@ -121,4 +121,9 @@ def test_held_out_curve_inside_each_stage(run_dir: Path) -> None:
     assert [(r["stage"], r["stage_step"]) for r in curve] == [
         ("math", 0), ("math", 2), ("math", 3), ("code", 0), ("code", 2), ("code", 3)]
     assert all(r["curve_version"] == r["step"] and 0 <= r["accuracy_curve"] <= 1 for r in curve), curve
-    assert (run_dir / "plots" / "accuracy_curve.png").stat().st_size > 0
+    # Sampled pass@1 next to it: 4 responses (the default) on each of the 6 items, so a 24th part.
+    assert all(0 <= r["accuracy_curve_sampled"] <= 1
+               and abs(r["accuracy_curve_sampled"] * 24 - round(r["accuracy_curve_sampled"] * 24)) < 1e-9
+               for r in curve), curve
+    for name in ("accuracy_curve", "accuracy_curve_sampled"):
+        assert (run_dir / "plots" / f"{name}.png").stat().st_size > 0
