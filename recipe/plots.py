@@ -17,9 +17,9 @@ PLOTTED: dict[str, str] = {
     "reward": "mean reward",
     "accuracy": "held-out greedy accuracy",
     "accuracy_sampled": "held-out sampled pass@1",
-    "accuracy_curve": "held-out greedy accuracy (fixed subset, in-stage)",
-    "accuracy_curve_sampled": "held-out sampled pass@1 (fixed subset, in-stage)",
-    "filtered_share": "share of groups filtered (all correct or all wrong)",
+    "accuracy_curve": "held-out greedy acc. (in-stage subset)",
+    "accuracy_curve_sampled": "held-out pass@1 (in-stage subset)",
+    "filtered_share": "share of groups filtered",
     "entropy": "mean token entropy (nats)",
     "grad_norm": "gradient norm",
 }

@@ -203,8 +203,9 @@ class StageRunner:
         counts = ray.get(self.trainer.counters.remote())
         new_in, new_filtered = (counts[k] - self._counted[k] for k in ("groups_in", "groups_filtered"))
         self._counted = {k: counts[k] for k in self._counted}
-        return {**metrics, "step_wall_s": time.monotonic() - t, "train_call_s": train_s,
-                "publish_s": publish_s, "filtered_share": new_filtered / new_in if new_in else 0.0}
+        # A step trained from groups read earlier reads none: it has no share (not a share of 0).
+        return {**metrics, "step_wall_s": time.monotonic() - t, "train_call_s": train_s, "publish_s": publish_s,
+                **({"filtered_share": new_filtered / new_in} if new_in else {})}
 
     def _form_group(self, port: int) -> None:
         """The learner hosts the weight group on `port` (rank 0) and engine i joins it as rank i + 1."""
