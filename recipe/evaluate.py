@@ -14,7 +14,7 @@ from protocol.schema import TaskKind
 from recipe.selection import load_policy, sample
 from recipe.tasks import TaskItem, TasksConfig, build_tasks, load_jsonl
 from recipe.tasks.build import Split
-from recipe.verdicts import correct
+from recipe.verdicts import graded
 from reward_service.scorer import Scorer
 
 
@@ -57,12 +57,8 @@ def outcomes(path: str | Path, items: Sequence[TaskItem], scorer: Scorer, *, sam
     greedy = sample(model, tok, prompts, temperature=0.0, max_new_tokens=max_new_tokens, batch_size=batch_size)
     sampled = sample(model, tok, prompts, n=samples, temperature=temperature, max_new_tokens=max_new_tokens,
                      batch_size=batch_size, seed=seed)
-    # One Scorer call for both: a greedy answer a sample repeats is checked once.
-    ok = correct(scorer, list(items) + [it for it in items for _ in range(samples)],
-                 [g[0].text for g in greedy] + [s.text for g in sampled for s in g])
-    greedy_ok, flat_ok = ok[:len(items)], ok[len(items):]
-    return Outcomes(list(items), greedy_ok,
-                    [sum(flat_ok[i * samples:(i + 1) * samples]) for i in range(len(items))], samples,
+    greedy_ok, hits = graded(scorer, items, [g[0].text for g in greedy], [[s.text for s in g] for g in sampled])
+    return Outcomes(list(items), greedy_ok, hits, samples,
                     [sum(s.entropy_sum for s in g) for g in sampled], [sum(s.n_tokens for s in g) for g in sampled])
 
 

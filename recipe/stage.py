@@ -34,7 +34,7 @@ from recipe.cluster import Placement
 from recipe.engines import RESTART_TIMEOUT_S, EngineLost, Engines
 from recipe.prompts import PassRates, prompt_stream
 from recipe.tasks import TaskItem
-from recipe.verdicts import correct
+from recipe.verdicts import graded
 from reward_service.scorer import Scorer
 
 
@@ -255,11 +255,8 @@ class StageRunner:
         self._wait_updates()
         version, greedy, sampled = self.engines.measure([it.prompt for it in items], self.stage.max_new_tokens,
                                                         samples, seed)
-        ok = correct(scorer, items, greedy)
-        if not samples:
-            return version, sum(ok) / len(ok), None
-        hits = correct(scorer, [it for it in items for _ in range(samples)], [t for texts in sampled for t in texts])
-        return version, sum(ok) / len(ok), sum(hits) / len(hits)
+        ok, hits = graded(scorer, items, greedy, sampled)
+        return version, sum(ok) / len(ok), sum(hits) / (samples * len(hits)) if samples else None
 
     def rollout_stats(self) -> dict[str, int]:
         return self.engines.stats()

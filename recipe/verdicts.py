@@ -36,6 +36,20 @@ def correct(scorer: Scorer, items: Sequence[TaskItem], responses: Sequence[str])
     return [v.status is VerdictStatus.correct for v in verdicts(scorer, items, responses)]
 
 
+def graded(scorer: Scorer, items: Sequence[TaskItem], greedy: Sequence[str],
+           sampled: Sequence[Sequence[str]]) -> tuple[list[bool], list[int]]:
+    """Per item: whether its greedy response is right, and how many of its sampled ones are (0 for
+    each item when `sampled` is empty). One Scorer call: a greedy answer a sample repeats is checked once."""
+    groups = list(sampled) or [[] for _ in items]
+    flat = [(it, text) for it, texts in zip(items, groups, strict=True) for text in texts]
+    ok = correct(scorer, list(items) + [it for it, _ in flat], list(greedy) + [text for _, text in flat])
+    hits, start = [], len(items)
+    for texts in groups:
+        hits.append(sum(ok[start:start + len(texts)]))
+        start += len(texts)
+    return ok[:len(items)], hits
+
+
 def standalone_scorer(backend: str = "warm") -> Scorer:
     """The Scorer of commands outside a run (`ringrl eval`, `select-checkpoint`, `sft --eval-n`): the
     reward defaults with the given sandbox backend. Raises SandboxUnavailable if it cannot start."""
