@@ -44,6 +44,7 @@ from bench.stack import REPO, Stack, cleanup_stale
 from protocol.codec import decode_group
 from protocol.queue import FIELD
 from protocol.streams import RunKeys
+from recipe.plots import read_metrics
 
 COMPOSE_RUN = REPO / "deploy" / "compose" / "run.yaml"
 ROLLOUTS = ["rollout-0", "rollout-1"]
@@ -69,7 +70,7 @@ def run_yaml(out: Path, math_steps: int, code_steps: int, sft_steps: int) -> Pat
             {"name": "code", "sources": ["legs_fn"], "steps": code_steps, "token_budget": 768,
              "max_new_tokens": 64, "n": 8, "lr": 1.0e-3, "warmup_steps": 0},
         ],
-        "eval_size": 10, "eval_samples": 1,
+        "eval_size": 10, "eval_samples": 1, "eval_every": 4, "eval_curve_items": 6, "eval_curve_samples": 2,
     }
     for section, values in small.items():
         if isinstance(values, dict) and isinstance(cfg.get(section), dict):
@@ -383,6 +384,10 @@ class Scenario:
             "tokens_trained_twice": sum(1 for c in spans.values() if c > 1),
             "learner": state,
             "summary": json.loads(summary_path.read_text()) if summary_path else None,
+            "curve": [row for row in read_metrics(summary_path.parent / "metrics.jsonl") if "accuracy_curve" in row]
+            if summary_path else [],
+            "curve_plots": sorted(p.name for p in (summary_path.parent / "plots").glob("accuracy_curve*.png"))
+            if summary_path else [],
             "max_backlog_seen": max(self.samples.backlog, default=0),
             "max_rollouts_seen": max(self.samples.rollouts, default=0),
             "max_scored_seen": max(self.samples.scored, default=0),

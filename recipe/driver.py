@@ -15,10 +15,11 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from protocol.config.train import StageConfig, TrainConfig, stage_kind
+from protocol.config.train import StageConfig, TrainConfig
 from recipe.cluster import Placement, cluster_address, start_ray
 from recipe.distil import distil, prepare_model
 from recipe.evaluate import Gain, Outcomes, outcomes, paired_gain
+from recipe.held_out import curve_items, held_out_items
 from recipe.plots import plot_metrics
 from recipe.progress import (
     PROGRESS_FILE,
@@ -29,7 +30,7 @@ from recipe.progress import (
 from recipe.prompts import stage_items
 from recipe.run_log import RunLog
 from recipe.stage import StageResult, StageRunner
-from recipe.tasks import TaskItem, build_tasks
+from recipe.tasks import build_tasks
 from reward_service.scorer import Scorer
 
 
@@ -72,11 +73,6 @@ def choose_start(cfg: TrainConfig, checkpoints: list[str], console: Console, sco
     return chosen.path
 
 
-def held_out_items(cfg: TrainConfig, stage: StageConfig) -> list[TaskItem]:
-    tasks = cfg.tasks.model_copy(update={"sources": stage.sources, "held_out_size": cfg.eval_size})
-    return build_tasks(tasks, "held_out", stage_kind(stage))
-
-
 def held_out(cfg: TrainConfig, path: str, stage: StageConfig, scorer: Scorer) -> Outcomes:
     return outcomes(path, held_out_items(cfg, stage), scorer, samples=cfg.eval_samples,
                     max_new_tokens=stage.max_new_tokens, seed=cfg.run.seed)
@@ -87,8 +83,7 @@ def run_stage(cfg: TrainConfig, stage: StageConfig, path: str, version: int, ste
     items, replay = stage_items(cfg, stage)
     # A fixed held-out subset through the stage's own engine: cheap enough to draw the stage's
     # learning curve between the full measures before and after it.
-    every = held_out_items(cfg, stage) if cfg.eval_every else []
-    curve = every[::max(1, len(every) // cfg.eval_curve_items)][:cfg.eval_curve_items]  # all sources
+    curve = curve_items(cfg, stage)
 
     def measure_curve(step: int, stage_step: int) -> None:
         version, greedy, sampled = runner.curve_accuracy(curve, scorer, cfg.eval_curve_samples, cfg.run.seed)

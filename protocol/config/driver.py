@@ -25,8 +25,6 @@ class DriverConfig(Section):
                     "generates; the rollout's staleness gate, not this, bounds the data's age.")
     poll_s: float = Field(default=0.5, gt=0, description="How often the driver reads the learner's progress.")
     http_timeout_s: float = Field(default=120.0, gt=0, description="Timeout of one HTTP call to a service.")
-    eval_every: int = Field(
-        default=0, ge=0, description="Held-out measure every this many steps inside a stage (0: only at stage ends).")
     stage_timeout_s: float = Field(
         default=0.0, ge=0,
         description="A stage that has not finished after this many seconds fails the run (0: no limit).")

@@ -38,6 +38,22 @@ def test_run_finishes_every_stage_through_the_services(report: dict) -> None:
         assert s["before"] is None or 0.0 <= s["before"]["accuracy"] <= 1.0
 
 
+def test_the_driver_draws_each_stages_curve(report: dict) -> None:
+    # eval_every 4 over 12 + 8 steps: points at each stage's start (unless the driver was restarted
+    # before it), as the learner passes every 4 steps, and at its end, each through a rollout server
+    # at that version or later; a point no server could give (a fault at that moment) is skipped.
+    first = {"math": 0, "code": 12}
+    for stage, steps in (("math", 12), ("code", 8)):
+        rows = [r for r in report["curve"] if r["stage"] == stage]
+        assert rows, stage
+        for r in rows:
+            assert 0.0 <= r["accuracy_curve"] <= 1.0 and 0.0 <= r["accuracy_curve_sampled"] <= 1.0
+            assert r["step"] == r["curve_version"] == first[stage] + r["stage_step"]
+            assert 0 <= r["stage_step"] <= steps
+        assert len(rows) >= 2, rows  # not only the end: the curve moves inside the stage
+    assert report["curve_plots"] == ["accuracy_curve.png", "accuracy_curve_sampled.png"]
+
+
 def test_every_fault_was_injected_and_recovered(report: dict) -> None:
     names = [f["name"] for f in report["faults"]]
     assert len(names) == 7, names
