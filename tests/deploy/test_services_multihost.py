@@ -39,9 +39,10 @@ def test_run_finishes_every_stage_through_the_services(report: dict) -> None:
 
 
 def test_the_driver_draws_each_stages_curve(report: dict) -> None:
-    # eval_every 4 over 12 + 8 steps: points at each stage's start (unless the driver was restarted
-    # before it), as the learner passes every 4 steps, and at its end, each through a rollout server
-    # at that version or later; a point no server could give (a fault at that moment) is skipped.
+    # eval_every 4 over 12 + 8 steps: points at each stage's start, as the learner passes every 4
+    # steps, and at its end, each through a rollout server at that version or later; a point no
+    # server could give (a fault at that moment) is skipped, and a driver restarted inside a stage
+    # does not measure its start.
     first = {"math": 0, "code": 12}
     for stage, steps in (("math", 12), ("code", 8)):
         rows = [r for r in report["curve"] if r["stage"] == stage]
