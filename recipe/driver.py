@@ -19,7 +19,7 @@ from protocol.config.train import StageConfig, TrainConfig
 from recipe.cluster import Placement, cluster_address, start_ray
 from recipe.distil import distil, prepare_model
 from recipe.evaluate import Gain, Outcomes, outcomes, paired_gain
-from recipe.held_out import curve_items, held_out_items
+from recipe.held_out import curve_items, curve_row, held_out_items
 from recipe.plots import plot_metrics
 from recipe.progress import (
     PROGRESS_FILE,
@@ -87,8 +87,7 @@ def run_stage(cfg: TrainConfig, stage: StageConfig, path: str, version: int, ste
 
     def measure_curve(step: int, stage_step: int) -> None:
         version, greedy, sampled = runner.curve_accuracy(curve, scorer, cfg.eval_curve_samples, cfg.run.seed)
-        log.log({"step": step, "stage": stage.name, "stage_step": stage_step, "accuracy_curve": greedy,
-                 **({"accuracy_curve_sampled": sampled} if sampled is not None else {}), "curve_version": version})
+        log.log(curve_row(stage.name, step, stage_step, version, greedy, sampled))
 
     mixed = f" (+{stage.replay_share:.0%} replay of {', '.join(stage.replay_sources)})" if replay else ""
     console.rule(f"RL stage {stage.name}: {len(items)} prompts{mixed}, {stage.steps} steps x "

@@ -33,7 +33,7 @@ from protocol.config.train import StageConfig, TrainConfig
 from protocol.queue import queue_client
 from protocol.streams import Plan, RunKeys
 from protocol.supervise import Supervisor
-from recipe.held_out import curve_items, held_out_items
+from recipe.held_out import curve_items, curve_row, held_out_items
 from recipe.plots import plot_metrics
 from recipe.prompts import prompt_stream, stage_items
 from recipe.run_log import RunLog
@@ -222,9 +222,7 @@ class ServiceDriver:
             log.warning("stage %s: curve point at step %d skipped (%s: %s)", stage.name, step,
                         type(exc).__name__, exc)
             return
-        self.log.log({"step": version, "stage": stage.name, "stage_step": version - first, "accuracy_curve": greedy,
-                      **({"accuracy_curve_sampled": sampled} if sampled is not None else {}),
-                      "curve_version": version})
+        self.log.log(curve_row(stage.name, version, version - first, version, greedy, sampled))
 
     # ---- the run ------------------------------------------------------------------------
     def _log_steps(self, stage: StageConfig, first_step: int) -> int:
